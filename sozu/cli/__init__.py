@@ -1,0 +1,1 @@
+"""The `sozu` command line."""

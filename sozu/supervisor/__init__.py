@@ -1,0 +1,1 @@
+"""The main process: command socket, worker table, audit log, upgrades."""
