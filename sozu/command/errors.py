@@ -16,7 +16,6 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1  # a refused request, an unreachable proxy, a timeout
     USAGE = 2  # bad command-line words (argparse's own code)
-    CONFIG = 3  # the configuration file could not be loaded or is invalid
 
 
 class SozuError(Exception):

@@ -4,6 +4,19 @@ isort:skip_file
 sozu-py command protocol: the messages exchanged on the command socket, on the
 supervisor <-> worker channels and in state files. Wire-compatible with Sōzu 2.x
 (same message, field and enum names, numbers, types and defaults); written for sozu-py.
+
+Transport (see doc/protocol.md): every message on the command socket and on a worker
+channel is one frame: an 8-byte little-endian length that counts the 8 bytes of the
+prefix too, then the serialized message.
+  client -> main:   Request            main -> client:  Response
+  main -> worker:   WorkerRequest      worker -> main:  WorkerResponse
+Worker start-up also uses ServerConfig (first frame on the channel), InitialState
+(raw, unframed, in the state fd) and ListenersCount (SCM socket).
+
+Conventions used below: timeouts and intervals are whole seconds unless a field
+says otherwise; an absent optional field means "use the default" or, in the
+Update*ListenerConfig patches, "leave the current value alone". Ports travel as
+uint32 but must fit in 16 bits.
 """
 
 from collections import abc as _abc
@@ -48,18 +61,34 @@ class _RedirectPolicy:
 class _RedirectPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RedirectPolicy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FORWARD: _RedirectPolicy.ValueType  # 0
+    """Proxy it to the cluster."""
     PERMANENT: _RedirectPolicy.ValueType  # 1
+    """Answer 301."""
     UNAUTHORIZED: _RedirectPolicy.ValueType  # 2
+    """Answer 401 with a Basic authentication challenge."""
     FOUND: _RedirectPolicy.ValueType  # 3
+    """Answer 302."""
     PERMANENT_REDIRECT: _RedirectPolicy.ValueType  # 4
+    """Answer 308 (method kept)."""
 
-class RedirectPolicy(_RedirectPolicy, metaclass=_RedirectPolicyEnumTypeWrapper): ...
+class RedirectPolicy(_RedirectPolicy, metaclass=_RedirectPolicyEnumTypeWrapper):
+    """---------------------------------------------------------------------------
+    Frontends
+    ---------------------------------------------------------------------------
+
+    What an HTTP(S) frontend does with a matching request.
+    """
 
 FORWARD: RedirectPolicy.ValueType  # 0
+"""Proxy it to the cluster."""
 PERMANENT: RedirectPolicy.ValueType  # 1
+"""Answer 301."""
 UNAUTHORIZED: RedirectPolicy.ValueType  # 2
+"""Answer 401 with a Basic authentication challenge."""
 FOUND: RedirectPolicy.ValueType  # 3
+"""Answer 302."""
 PERMANENT_REDIRECT: RedirectPolicy.ValueType  # 4
+"""Answer 308 (method kept)."""
 Global___RedirectPolicy: _TypeAlias = RedirectPolicy  # noqa: Y015
 
 class _RedirectScheme:
@@ -69,12 +98,15 @@ class _RedirectScheme:
 class _RedirectSchemeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RedirectScheme.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     USE_SAME: _RedirectScheme.ValueType  # 0
+    """The scheme of the request."""
     USE_HTTP: _RedirectScheme.ValueType  # 1
     USE_HTTPS: _RedirectScheme.ValueType  # 2
 
-class RedirectScheme(_RedirectScheme, metaclass=_RedirectSchemeEnumTypeWrapper): ...
+class RedirectScheme(_RedirectScheme, metaclass=_RedirectSchemeEnumTypeWrapper):
+    """Scheme of the Location header of a redirect."""
 
 USE_SAME: RedirectScheme.ValueType  # 0
+"""The scheme of the request."""
 USE_HTTP: RedirectScheme.ValueType  # 1
 USE_HTTPS: RedirectScheme.ValueType  # 2
 Global___RedirectScheme: _TypeAlias = RedirectScheme  # noqa: Y015
@@ -86,13 +118,16 @@ class _HeaderPosition:
 class _HeaderPositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HeaderPosition.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HEADER_POSITION_UNSPECIFIED: _HeaderPosition.ValueType  # 0
+    """Not set: rejected."""
     REQUEST: _HeaderPosition.ValueType  # 1
     RESPONSE: _HeaderPosition.ValueType  # 2
     BOTH: _HeaderPosition.ValueType  # 3
 
-class HeaderPosition(_HeaderPosition, metaclass=_HeaderPositionEnumTypeWrapper): ...
+class HeaderPosition(_HeaderPosition, metaclass=_HeaderPositionEnumTypeWrapper):
+    """Which messages a Header edit applies to."""
 
 HEADER_POSITION_UNSPECIFIED: HeaderPosition.ValueType  # 0
+"""Not set: rejected."""
 REQUEST: HeaderPosition.ValueType  # 1
 RESPONSE: HeaderPosition.ValueType  # 2
 BOTH: HeaderPosition.ValueType  # 3
@@ -105,14 +140,20 @@ class _PathRuleKind:
 class _PathRuleKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PathRuleKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PREFIX: _PathRuleKind.ValueType  # 0
+    """The path starts with the value."""
     REGEX: _PathRuleKind.ValueType  # 1
+    """The path matches the regular expression."""
     EQUALS: _PathRuleKind.ValueType  # 2
+    """The path is exactly the value."""
 
 class PathRuleKind(_PathRuleKind, metaclass=_PathRuleKindEnumTypeWrapper): ...
 
 PREFIX: PathRuleKind.ValueType  # 0
+"""The path starts with the value."""
 REGEX: PathRuleKind.ValueType  # 1
+"""The path matches the regular expression."""
 EQUALS: PathRuleKind.ValueType  # 2
+"""The path is exactly the value."""
 Global___PathRuleKind: _TypeAlias = PathRuleKind  # noqa: Y015
 
 class _RulePosition:
@@ -125,7 +166,10 @@ class _RulePositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RulePosi
     POST: _RulePosition.ValueType  # 1
     TREE: _RulePosition.ValueType  # 2
 
-class RulePosition(_RulePosition, metaclass=_RulePositionEnumTypeWrapper): ...
+class RulePosition(_RulePosition, metaclass=_RulePositionEnumTypeWrapper):
+    """Order in which frontends are tried: PRE rules first, then the hostname
+    TREE, then POST rules.
+    """
 
 PRE: RulePosition.ValueType  # 0
 POST: RulePosition.ValueType  # 1
@@ -162,12 +206,22 @@ class _UdpAffinityKey:
 class _UdpAffinityKeyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UdpAffinityKey.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SOURCE_IP: _UdpAffinityKey.ValueType  # 0
+    """The client IP alone."""
     SOURCE_IP_PORT: _UdpAffinityKey.ValueType  # 1
+    """Client IP and port."""
 
-class UdpAffinityKey(_UdpAffinityKey, metaclass=_UdpAffinityKeyEnumTypeWrapper): ...
+class UdpAffinityKey(_UdpAffinityKey, metaclass=_UdpAffinityKeyEnumTypeWrapper):
+    """---------------------------------------------------------------------------
+    Clusters and backends
+    ---------------------------------------------------------------------------
+
+    What a UDP flow is pinned to a backend by.
+    """
 
 SOURCE_IP: UdpAffinityKey.ValueType  # 0
+"""The client IP alone."""
 SOURCE_IP_PORT: UdpAffinityKey.ValueType  # 1
+"""Client IP and port."""
 Global___UdpAffinityKey: _TypeAlias = UdpAffinityKey  # noqa: Y015
 
 class _UdpHealthMode:
@@ -177,14 +231,20 @@ class _UdpHealthMode:
 class _UdpHealthModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UdpHealthMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HEALTH_OFF: _UdpHealthMode.ValueType  # 0
+    """No probing."""
     TCP_PROBE: _UdpHealthMode.ValueType  # 1
+    """Connect over TCP to a port of the backend."""
     UDP_PROBE: _UdpHealthMode.ValueType  # 2
+    """Send a datagram and wait for any answer."""
 
 class UdpHealthMode(_UdpHealthMode, metaclass=_UdpHealthModeEnumTypeWrapper): ...
 
 HEALTH_OFF: UdpHealthMode.ValueType  # 0
+"""No probing."""
 TCP_PROBE: UdpHealthMode.ValueType  # 1
+"""Connect over TCP to a port of the backend."""
 UDP_PROBE: UdpHealthMode.ValueType  # 2
+"""Send a datagram and wait for any answer."""
 Global___UdpHealthMode: _TypeAlias = UdpHealthMode  # noqa: Y015
 
 class _LoadBalancingAlgorithms:
@@ -196,18 +256,26 @@ class _LoadBalancingAlgorithmsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     ROUND_ROBIN: _LoadBalancingAlgorithms.ValueType  # 0
     RANDOM: _LoadBalancingAlgorithms.ValueType  # 1
     LEAST_LOADED: _LoadBalancingAlgorithms.ValueType  # 2
+    """The backend with the lowest load_metric."""
     POWER_OF_TWO: _LoadBalancingAlgorithms.ValueType  # 3
+    """The less loaded of two random backends."""
     HRW: _LoadBalancingAlgorithms.ValueType  # 4
+    """Rendezvous hashing of the flow (UDP affinity)."""
     MAGLEV: _LoadBalancingAlgorithms.ValueType  # 5
+    """Maglev consistent hashing of the flow."""
 
 class LoadBalancingAlgorithms(_LoadBalancingAlgorithms, metaclass=_LoadBalancingAlgorithmsEnumTypeWrapper): ...
 
 ROUND_ROBIN: LoadBalancingAlgorithms.ValueType  # 0
 RANDOM: LoadBalancingAlgorithms.ValueType  # 1
 LEAST_LOADED: LoadBalancingAlgorithms.ValueType  # 2
+"""The backend with the lowest load_metric."""
 POWER_OF_TWO: LoadBalancingAlgorithms.ValueType  # 3
+"""The less loaded of two random backends."""
 HRW: LoadBalancingAlgorithms.ValueType  # 4
+"""Rendezvous hashing of the flow (UDP affinity)."""
 MAGLEV: LoadBalancingAlgorithms.ValueType  # 5
+"""Maglev consistent hashing of the flow."""
 Global___LoadBalancingAlgorithms: _TypeAlias = LoadBalancingAlgorithms  # noqa: Y015
 
 class _ProxyProtocolConfig:
@@ -217,14 +285,21 @@ class _ProxyProtocolConfig:
 class _ProxyProtocolConfigEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProxyProtocolConfig.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EXPECT_HEADER: _ProxyProtocolConfig.ValueType  # 0
+    """Read a header from the client."""
     SEND_HEADER: _ProxyProtocolConfig.ValueType  # 1
+    """Send a header to the backend."""
     RELAY_HEADER: _ProxyProtocolConfig.ValueType  # 2
+    """Read one from the client and pass it on to the backend."""
 
-class ProxyProtocolConfig(_ProxyProtocolConfig, metaclass=_ProxyProtocolConfigEnumTypeWrapper): ...
+class ProxyProtocolConfig(_ProxyProtocolConfig, metaclass=_ProxyProtocolConfigEnumTypeWrapper):
+    """PROXY protocol handling of a TCP cluster."""
 
 EXPECT_HEADER: ProxyProtocolConfig.ValueType  # 0
+"""Read a header from the client."""
 SEND_HEADER: ProxyProtocolConfig.ValueType  # 1
+"""Send a header to the backend."""
 RELAY_HEADER: ProxyProtocolConfig.ValueType  # 2
+"""Read one from the client and pass it on to the backend."""
 Global___ProxyProtocolConfig: _TypeAlias = ProxyProtocolConfig  # noqa: Y015
 
 class _LoadMetric:
@@ -234,14 +309,21 @@ class _LoadMetric:
 class _LoadMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoadMetric.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CONNECTIONS: _LoadMetric.ValueType  # 0
+    """Open connections."""
     REQUESTS: _LoadMetric.ValueType  # 1
+    """Requests in flight."""
     CONNECTION_TIME: _LoadMetric.ValueType  # 2
+    """Connection time weighted by open connections (peak EWMA)."""
 
-class LoadMetric(_LoadMetric, metaclass=_LoadMetricEnumTypeWrapper): ...
+class LoadMetric(_LoadMetric, metaclass=_LoadMetricEnumTypeWrapper):
+    """How the load of a backend is measured."""
 
 CONNECTIONS: LoadMetric.ValueType  # 0
+"""Open connections."""
 REQUESTS: LoadMetric.ValueType  # 1
+"""Requests in flight."""
 CONNECTION_TIME: LoadMetric.ValueType  # 2
+"""Connection time weighted by open connections (peak EWMA)."""
 Global___LoadMetric: _TypeAlias = LoadMetric  # noqa: Y015
 
 class _MetricsConfiguration:
@@ -253,12 +335,15 @@ class _MetricsConfigurationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     ENABLED: _MetricsConfiguration.ValueType  # 0
     DISABLED: _MetricsConfiguration.ValueType  # 1
     CLEAR: _MetricsConfiguration.ValueType  # 2
+    """Reset the collected values."""
 
-class MetricsConfiguration(_MetricsConfiguration, metaclass=_MetricsConfigurationEnumTypeWrapper): ...
+class MetricsConfiguration(_MetricsConfiguration, metaclass=_MetricsConfigurationEnumTypeWrapper):
+    """Request.configure_metrics."""
 
 ENABLED: MetricsConfiguration.ValueType  # 0
 DISABLED: MetricsConfiguration.ValueType  # 1
 CLEAR: MetricsConfiguration.ValueType  # 2
+"""Reset the collected values."""
 Global___MetricsConfiguration: _TypeAlias = MetricsConfiguration  # noqa: Y015
 
 class _EventKind:
@@ -268,10 +353,12 @@ class _EventKind:
 class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BACKEND_DOWN: _EventKind.ValueType  # 0
+    """Backend events, from workers."""
     BACKEND_UP: _EventKind.ValueType  # 1
     NO_AVAILABLE_BACKENDS: _EventKind.ValueType  # 2
     REMOVED_BACKEND_HAS_NO_CONNECTIONS: _EventKind.ValueType  # 3
     CLUSTER_ADDED: _EventKind.ValueType  # 4
+    """Control-plane changes, from the main process."""
     CLUSTER_REMOVED: _EventKind.ValueType  # 5
     FRONTEND_ADDED: _EventKind.ValueType  # 6
     FRONTEND_REMOVED: _EventKind.ValueType  # 7
@@ -295,6 +382,7 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     WORKER_UPGRADED: _EventKind.ValueType  # 25
     EVENTS_SUBSCRIBED: _EventKind.ValueType  # 26
     HEALTH_CHECK_HEALTHY: _EventKind.ValueType  # 27
+    """Health checks and recovery, from workers."""
     HEALTH_CHECK_UNHEALTHY: _EventKind.ValueType  # 28
     CLUSTER_RECOVERED: _EventKind.ValueType  # 29
     METRIC_DETAIL_CHANGED: _EventKind.ValueType  # 30
@@ -302,10 +390,12 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper): ...
 
 BACKEND_DOWN: EventKind.ValueType  # 0
+"""Backend events, from workers."""
 BACKEND_UP: EventKind.ValueType  # 1
 NO_AVAILABLE_BACKENDS: EventKind.ValueType  # 2
 REMOVED_BACKEND_HAS_NO_CONNECTIONS: EventKind.ValueType  # 3
 CLUSTER_ADDED: EventKind.ValueType  # 4
+"""Control-plane changes, from the main process."""
 CLUSTER_REMOVED: EventKind.ValueType  # 5
 FRONTEND_ADDED: EventKind.ValueType  # 6
 FRONTEND_REMOVED: EventKind.ValueType  # 7
@@ -329,6 +419,7 @@ MAIN_UPGRADED: EventKind.ValueType  # 24
 WORKER_UPGRADED: EventKind.ValueType  # 25
 EVENTS_SUBSCRIBED: EventKind.ValueType  # 26
 HEALTH_CHECK_HEALTHY: EventKind.ValueType  # 27
+"""Health checks and recovery, from workers."""
 HEALTH_CHECK_UNHEALTHY: EventKind.ValueType  # 28
 CLUSTER_RECOVERED: EventKind.ValueType  # 29
 METRIC_DETAIL_CHANGED: EventKind.ValueType  # 30
@@ -341,14 +432,21 @@ class _ResponseStatus:
 class _ResponseStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResponseStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OK: _ResponseStatus.ValueType  # 0
+    """Done; final."""
     PROCESSING: _ResponseStatus.ValueType  # 1
+    """Accepted or in progress, more responses follow; not final."""
     FAILURE: _ResponseStatus.ValueType  # 2
+    """Failed, `message` says why; final."""
 
-class ResponseStatus(_ResponseStatus, metaclass=_ResponseStatusEnumTypeWrapper): ...
+class ResponseStatus(_ResponseStatus, metaclass=_ResponseStatusEnumTypeWrapper):
+    """Status of a Response or WorkerResponse."""
 
 OK: ResponseStatus.ValueType  # 0
+"""Done; final."""
 PROCESSING: ResponseStatus.ValueType  # 1
+"""Accepted or in progress, more responses follow; not final."""
 FAILURE: ResponseStatus.ValueType  # 2
+"""Failed, `message` says why; final."""
 Global___ResponseStatus: _TypeAlias = ResponseStatus  # noqa: Y015
 
 class _RunState:
@@ -359,15 +457,20 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     DESCRIPTOR: _descriptor.EnumDescriptor
     RUNNING: _RunState.ValueType  # 0
     STOPPING: _RunState.ValueType  # 1
+    """Draining after a soft stop."""
     STOPPED: _RunState.ValueType  # 2
     NOT_ANSWERING: _RunState.ValueType  # 3
+    """Did not answer in time."""
 
-class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
+class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
+    """Life-cycle state of a worker, as seen by the main process."""
 
 RUNNING: RunState.ValueType  # 0
 STOPPING: RunState.ValueType  # 1
+"""Draining after a soft stop."""
 STOPPED: RunState.ValueType  # 2
 NOT_ANSWERING: RunState.ValueType  # 3
+"""Did not answer in time."""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 class _MetricDetail:
@@ -377,16 +480,25 @@ class _MetricDetail:
 class _MetricDetailEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricDetail.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DETAIL_PROCESS: _MetricDetail.ValueType  # 0
+    """Process-wide metrics only."""
     DETAIL_FRONTEND: _MetricDetail.ValueType  # 1
+    """Plus per listener."""
     DETAIL_CLUSTER: _MetricDetail.ValueType  # 2
+    """Plus per cluster (the usual level)."""
     DETAIL_BACKEND: _MetricDetail.ValueType  # 3
+    """Plus per backend."""
 
-class MetricDetail(_MetricDetail, metaclass=_MetricDetailEnumTypeWrapper): ...
+class MetricDetail(_MetricDetail, metaclass=_MetricDetailEnumTypeWrapper):
+    """Label cardinality of the metrics sent out; each level adds to the previous one."""
 
 DETAIL_PROCESS: MetricDetail.ValueType  # 0
+"""Process-wide metrics only."""
 DETAIL_FRONTEND: MetricDetail.ValueType  # 1
+"""Plus per listener."""
 DETAIL_CLUSTER: MetricDetail.ValueType  # 2
+"""Plus per cluster (the usual level)."""
 DETAIL_BACKEND: MetricDetail.ValueType  # 3
+"""Plus per backend."""
 Global___MetricDetail: _TypeAlias = MetricDetail  # noqa: Y015
 
 class _ProtobufAccessLogFormat:
@@ -396,16 +508,32 @@ class _ProtobufAccessLogFormat:
 class _ProtobufAccessLogFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProtobufAccessLogFormat.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     Ascii: _ProtobufAccessLogFormat.ValueType  # 1
+    """Text lines."""
     Protobuf: _ProtobufAccessLogFormat.ValueType  # 2
+    """ProtobufAccessLog messages."""
 
-class ProtobufAccessLogFormat(_ProtobufAccessLogFormat, metaclass=_ProtobufAccessLogFormatEnumTypeWrapper): ...
+class ProtobufAccessLogFormat(_ProtobufAccessLogFormat, metaclass=_ProtobufAccessLogFormatEnumTypeWrapper):
+    """Encoding of the access logs."""
 
 Ascii: ProtobufAccessLogFormat.ValueType  # 1
+"""Text lines."""
 Protobuf: ProtobufAccessLogFormat.ValueType  # 2
+"""ProtobufAccessLog messages."""
 Global___ProtobufAccessLogFormat: _TypeAlias = ProtobufAccessLogFormat  # noqa: Y015
 
 @_typing.final
 class Request(_message.Message):
+    """---------------------------------------------------------------------------
+    Requests
+    ---------------------------------------------------------------------------
+
+    A command. Sent by a client (CLI, tooling) to the main process, and by the main
+    process to its workers wrapped in a WorkerRequest. Exactly one variant is set.
+    Variants marked [main] are handled by the main process and never forwarded as
+    such; the others also go to every worker (changes after updating the main
+    process's own state).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAVE_STATE_FIELD_NUMBER: _builtins.int
@@ -464,30 +592,58 @@ class Request(_message.Message):
     ADD_UDP_FRONTEND_FIELD_NUMBER: _builtins.int
     REMOVE_UDP_FRONTEND_FIELD_NUMBER: _builtins.int
     save_state: _builtins.str
+    """[main] write the current state to this file (path relative to the main
+    process's working directory), as JSON WorkerRequest records.
+    """
     load_state: _builtins.str
+    """[main] replay the requests stored in this state file."""
     launch_worker: _builtins.str
+    """Reserved by Sōzu for a future verb; never acted upon."""
     upgrade_worker: _builtins.int
+    """[main] replace the worker with this id by a fresh one."""
     reload_configuration: _builtins.str
+    """[main] reload a configuration file; "" means the file the main process
+    was started with.
+    """
     remove_cluster: _builtins.str
+    """The cluster id."""
     query_cluster_by_id: _builtins.str
+    """The cluster id; answered with ClusterInformations."""
     configure_metrics: Global___MetricsConfiguration.ValueType
     Logging: _builtins.str
+    """New log filter, e.g. "info" or "debug". The capital L is Sōzu's name."""
     set_max_connections_per_ip: _builtins.int
+    """Global limit of concurrent connections per (cluster, source IP);
+    0 = unlimited. A cluster's own max_connections_per_ip wins.
+    """
     remove_health_check: _builtins.str
+    """The cluster id whose health check is dropped."""
     @_builtins.property
-    def list_workers(self) -> Global___ListWorkers: ...
+    def list_workers(self) -> Global___ListWorkers:
+        """[main] answer with WorkerInfos."""
+
     @_builtins.property
-    def list_frontends(self) -> Global___FrontendFilters: ...
+    def list_frontends(self) -> Global___FrontendFilters:
+        """[main]"""
+
     @_builtins.property
-    def list_listeners(self) -> Global___ListListeners: ...
+    def list_listeners(self) -> Global___ListListeners:
+        """[main] answered with ListenersList."""
+
     @_builtins.property
-    def upgrade_main(self) -> Global___UpgradeMain: ...
+    def upgrade_main(self) -> Global___UpgradeMain:
+        """[main] re-exec the main process without dropping connections."""
+
     @_builtins.property
-    def subscribe_events(self) -> Global___SubscribeEvents: ...
+    def subscribe_events(self) -> Global___SubscribeEvents:
+        """[main] keep the connection open and stream Events as PROCESSING responses."""
+
     @_builtins.property
     def status(self) -> Global___Status: ...
     @_builtins.property
-    def add_cluster(self) -> Global___Cluster: ...
+    def add_cluster(self) -> Global___Cluster:
+        """Upsert: replaces a cluster with the same id."""
+
     @_builtins.property
     def add_http_frontend(self) -> Global___RequestHttpFrontend: ...
     @_builtins.property
@@ -507,7 +663,9 @@ class Request(_message.Message):
     @_builtins.property
     def remove_tcp_frontend(self) -> Global___RequestTcpFrontend: ...
     @_builtins.property
-    def add_backend(self) -> Global___AddBackend: ...
+    def add_backend(self) -> Global___AddBackend:
+        """Upsert: replaces a backend with the same cluster, id and address."""
+
     @_builtins.property
     def remove_backend(self) -> Global___RemoveBackend: ...
     @_builtins.property
@@ -525,35 +683,61 @@ class Request(_message.Message):
     @_builtins.property
     def query_clusters_by_domain(self) -> Global___QueryClusterByDomain: ...
     @_builtins.property
-    def query_clusters_hashes(self) -> Global___QueryClustersHashes: ...
+    def query_clusters_hashes(self) -> Global___QueryClustersHashes:
+        """Answered with ClusterHashes."""
+
     @_builtins.property
     def query_metrics(self) -> Global___QueryMetricsOptions: ...
     @_builtins.property
-    def soft_stop(self) -> Global___SoftStop: ...
+    def soft_stop(self) -> Global___SoftStop:
+        """Drain connections, then exit."""
+
     @_builtins.property
-    def hard_stop(self) -> Global___HardStop: ...
+    def hard_stop(self) -> Global___HardStop:
+        """Close everything now and exit."""
+
     @_builtins.property
-    def return_listen_sockets(self) -> Global___ReturnListenSockets: ...
+    def return_listen_sockets(self) -> Global___ReturnListenSockets:
+        """[main -> worker] hand the listening sockets back over the SCM socket
+        (worker upgrade).
+        """
+
     @_builtins.property
-    def query_certificates_from_the_state(self) -> Global___QueryCertificatesFilters: ...
+    def query_certificates_from_the_state(self) -> Global___QueryCertificatesFilters:
+        """[main] certificates as recorded in the main process's state."""
+
     @_builtins.property
-    def query_certificates_from_workers(self) -> Global___QueryCertificatesFilters: ...
+    def query_certificates_from_workers(self) -> Global___QueryCertificatesFilters:
+        """Certificates as loaded by each worker."""
+
     @_builtins.property
-    def count_requests(self) -> Global___CountRequests: ...
+    def count_requests(self) -> Global___CountRequests:
+        """[main] how many requests of each kind were received since start-up;
+        answered with RequestCounts.
+        """
+
     @_builtins.property
-    def update_http_listener(self) -> Global___UpdateHttpListenerConfig: ...
+    def update_http_listener(self) -> Global___UpdateHttpListenerConfig:
+        """Patch a listener in place, without rebinding its socket."""
+
     @_builtins.property
     def update_https_listener(self) -> Global___UpdateHttpsListenerConfig: ...
     @_builtins.property
     def update_tcp_listener(self) -> Global___UpdateTcpListenerConfig: ...
     @_builtins.property
-    def query_max_connections_per_ip(self) -> Global___QueryMaxConnectionsPerIp: ...
+    def query_max_connections_per_ip(self) -> Global___QueryMaxConnectionsPerIp:
+        """Answered with MaxConnectionsPerIpLimit."""
+
     @_builtins.property
     def set_health_check(self) -> Global___SetHealthCheck: ...
     @_builtins.property
-    def query_health_checks(self) -> Global___QueryHealthChecks: ...
+    def query_health_checks(self) -> Global___QueryHealthChecks:
+        """[main] answered with HealthChecksList."""
+
     @_builtins.property
-    def set_metric_detail(self) -> Global___SetMetricDetail: ...
+    def set_metric_detail(self) -> Global___SetMetricDetail:
+        """Lease a more detailed metrics level for a while (used by `sozu top`)."""
+
     @_builtins.property
     def add_udp_listener(self) -> Global___UdpListenerConfig: ...
     @_builtins.property
@@ -633,10 +817,13 @@ Global___Request: _TypeAlias = Request  # noqa: Y015
 
 @_typing.final
 class QueryHealthChecks(_message.Message):
+    """Filter of Request.query_health_checks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
+    """Absent: every cluster."""
     def __init__(
         self,
         *,
@@ -652,6 +839,8 @@ Global___QueryHealthChecks: _TypeAlias = QueryHealthChecks  # noqa: Y015
 
 @_typing.final
 class SetHealthCheck(_message.Message):
+    """Request.set_health_check: set or replace the HTTP health check of a cluster."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
@@ -675,6 +864,8 @@ Global___SetHealthCheck: _TypeAlias = SetHealthCheck  # noqa: Y015
 
 @_typing.final
 class ListWorkers(_message.Message):
+    """Empty payloads: the variant of Request that carries one is the whole command."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -840,11 +1031,21 @@ Global___QueryMaxConnectionsPerIp: _TypeAlias = QueryMaxConnectionsPerIp  # noqa
 
 @_typing.final
 class AlpnProtocols(_message.Message):
+    """---------------------------------------------------------------------------
+    Listeners
+    ---------------------------------------------------------------------------
+
+    ALPN list wrapped in a message so that a patch can tell "absent" (keep the
+    current list) from "present and empty" (back to the default h2, http/1.1).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALUES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"h2" and/or "http/1.1"."""
+
     def __init__(
         self,
         *,
@@ -860,6 +1061,11 @@ Global___AlpnProtocols: _TypeAlias = AlpnProtocols  # noqa: Y015
 
 @_typing.final
 class UpdateHttpListenerConfig(_message.Message):
+    """Request.update_http_listener: in-place patch of an HTTP listener. Only the
+    fields present are applied; to change what needs a rebind (address, active),
+    remove the listener and add it again.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -916,10 +1122,17 @@ class UpdateHttpListenerConfig(_message.Message):
     expect_proxy: _builtins.bool
     sticky_name: _builtins.str
     front_timeout: _builtins.int
+    """Seconds of client inactivity before closing."""
     back_timeout: _builtins.int
+    """Seconds of backend inactivity before closing."""
     connect_timeout: _builtins.int
+    """Seconds allowed to connect to a backend."""
     request_timeout: _builtins.int
+    """Seconds allowed for a client to send a whole request."""
     h2_max_rst_stream_per_window: _builtins.int
+    """HTTP/2 abuse limits and tuning: same meaning as in HttpListenerConfig;
+    every value sent must be >= 1.
+    """
     h2_max_ping_per_window: _builtins.int
     h2_max_settings_per_window: _builtins.int
     h2_max_empty_data_per_window: _builtins.int
@@ -941,13 +1154,21 @@ class UpdateHttpListenerConfig(_message.Message):
     send_x_real_ip: _builtins.bool
     h2_max_header_fields: _builtins.int
     @_builtins.property
-    def address(self) -> Global___SocketAddress: ...
+    def address(self) -> Global___SocketAddress:
+        """Identifies the listener to patch."""
+
     @_builtins.property
     def public_address(self) -> Global___SocketAddress: ...
     @_builtins.property
-    def http_answers(self) -> Global___CustomHttpAnswers: ...
+    def http_answers(self) -> Global___CustomHttpAnswers:
+        """Legacy per-status answers; prefer `answers`."""
+
     @_builtins.property
-    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """HTTP status code ("503") -> answer template. An empty value keeps the
+        current template for that status.
+        """
+
     def __init__(
         self,
         *,
@@ -993,6 +1214,11 @@ Global___UpdateHttpListenerConfig: _TypeAlias = UpdateHttpListenerConfig  # noqa
 
 @_typing.final
 class UpdateHttpsListenerConfig(_message.Message):
+    """Request.update_https_listener: in-place patch of an HTTPS listener, same rules
+    as UpdateHttpListenerConfig. TLS material, versions, ciphers and `active` need a
+    remove + add.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1053,12 +1279,14 @@ class UpdateHttpsListenerConfig(_message.Message):
     expect_proxy: _builtins.bool
     sticky_name: _builtins.str
     front_timeout: _builtins.int
+    """Timeouts in seconds, as in HttpsListenerConfig."""
     back_timeout: _builtins.int
     connect_timeout: _builtins.int
     request_timeout: _builtins.int
     strict_sni_binding: _builtins.bool
     disable_http11: _builtins.bool
     h2_max_rst_stream_per_window: _builtins.int
+    """HTTP/2 limits: see HttpListenerConfig; every value sent must be >= 1."""
     h2_max_ping_per_window: _builtins.int
     h2_max_settings_per_window: _builtins.int
     h2_max_empty_data_per_window: _builtins.int
@@ -1080,17 +1308,27 @@ class UpdateHttpsListenerConfig(_message.Message):
     send_x_real_ip: _builtins.bool
     h2_max_header_fields: _builtins.int
     @_builtins.property
-    def address(self) -> Global___SocketAddress: ...
+    def address(self) -> Global___SocketAddress:
+        """Identifies the listener to patch."""
+
     @_builtins.property
     def public_address(self) -> Global___SocketAddress: ...
     @_builtins.property
-    def http_answers(self) -> Global___CustomHttpAnswers: ...
+    def http_answers(self) -> Global___CustomHttpAnswers:
+        """Legacy per-status answers; prefer `answers`."""
+
     @_builtins.property
-    def alpn_protocols(self) -> Global___AlpnProtocols: ...
+    def alpn_protocols(self) -> Global___AlpnProtocols:
+        """Absent: keep; present with no values: back to the default list."""
+
     @_builtins.property
-    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Status code -> template; an empty value keeps the current one."""
+
     @_builtins.property
-    def hsts(self) -> Global___HstsConfig: ...
+    def hsts(self) -> Global___HstsConfig:
+        """Replaces the whole HSTS policy when present (enabled=false turns it off)."""
+
     def __init__(
         self,
         *,
@@ -1140,6 +1378,10 @@ Global___UpdateHttpsListenerConfig: _TypeAlias = UpdateHttpsListenerConfig  # no
 
 @_typing.final
 class UpdateTcpListenerConfig(_message.Message):
+    """Request.update_tcp_listener: in-place patch of a TCP listener; only the fields
+    present are applied. Timeouts in seconds.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -1153,7 +1395,9 @@ class UpdateTcpListenerConfig(_message.Message):
     back_timeout: _builtins.int
     connect_timeout: _builtins.int
     @_builtins.property
-    def address(self) -> Global___SocketAddress: ...
+    def address(self) -> Global___SocketAddress:
+        """Identifies the listener to patch."""
+
     @_builtins.property
     def public_address(self) -> Global___SocketAddress: ...
     def __init__(
@@ -1176,6 +1420,10 @@ Global___UpdateTcpListenerConfig: _TypeAlias = UpdateTcpListenerConfig  # noqa: 
 
 @_typing.final
 class UpdateUdpListenerConfig(_message.Message):
+    """Request.update_udp_listener: in-place patch of a UDP listener; only the fields
+    present are applied.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -1185,11 +1433,17 @@ class UpdateUdpListenerConfig(_message.Message):
     MAX_RX_DATAGRAM_SIZE_FIELD_NUMBER: _builtins.int
     MAX_FLOWS_FIELD_NUMBER: _builtins.int
     front_timeout: _builtins.int
+    """Seconds a client flow may stay idle."""
     back_timeout: _builtins.int
+    """Seconds a backend flow may stay idle."""
     max_rx_datagram_size: _builtins.int
+    """Bytes; capped by buffer_size."""
     max_flows: _builtins.int
+    """Concurrent flows; 0 = derived from the open-file limit."""
     @_builtins.property
-    def address(self) -> Global___SocketAddress: ...
+    def address(self) -> Global___SocketAddress:
+        """Identifies the listener to patch."""
+
     @_builtins.property
     def public_address(self) -> Global___SocketAddress: ...
     def __init__(
@@ -1212,6 +1466,8 @@ Global___UpdateUdpListenerConfig: _TypeAlias = UpdateUdpListenerConfig  # noqa: 
 
 @_typing.final
 class HttpListenerConfig(_message.Message):
+    """An HTTP listener: Request.add_http_listener, ListenersList entries, state files."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1267,41 +1523,72 @@ class HttpListenerConfig(_message.Message):
     SEND_X_REAL_IP_FIELD_NUMBER: _builtins.int
     H2_MAX_HEADER_FIELDS_FIELD_NUMBER: _builtins.int
     expect_proxy: _builtins.bool
+    """Expect a PROXY protocol header at the start of each client connection."""
     sticky_name: _builtins.str
+    """Name of the sticky-session cookie (SOZUBALANCEID in the config default)."""
     front_timeout: _builtins.int
+    """Seconds of client inactivity before closing."""
     back_timeout: _builtins.int
+    """Seconds of backend inactivity before closing."""
     connect_timeout: _builtins.int
+    """Seconds allowed to connect to a backend."""
     request_timeout: _builtins.int
+    """Seconds allowed for a client to send a whole request."""
     active: _builtins.bool
+    """True once the listening socket accepts connections (ActivateListener)."""
     h2_max_rst_stream_per_window: _builtins.int
+    """HTTP/2 abuse limits and tuning; absent = built-in default. "per_window"
+    counts are per one-second window, "lifetime" counts per connection.
+    """
     h2_max_ping_per_window: _builtins.int
     h2_max_settings_per_window: _builtins.int
     h2_max_empty_data_per_window: _builtins.int
     h2_max_continuation_frames: _builtins.int
+    """CONTINUATION frames allowed in one header block."""
     h2_max_glitch_count: _builtins.int
+    """Protocol anomalies tolerated before the connection is dropped."""
     h2_initial_connection_window: _builtins.int
+    """Connection-level receive window, bytes."""
     h2_max_concurrent_streams: _builtins.int
     h2_stream_shrink_ratio: _builtins.int
     h2_max_rst_stream_lifetime: _builtins.int
     h2_max_rst_stream_abusive_lifetime: _builtins.int
+    """RST_STREAMs received before a response started (rapid reset pattern)."""
     h2_max_rst_stream_emitted_lifetime: _builtins.int
+    """RST_STREAMs the proxy itself may send on one connection."""
     h2_max_header_list_size: _builtins.int
+    """Bytes of decoded headers per request."""
     h2_stream_idle_timeout_seconds: _builtins.int
+    """Seconds a stream may go without receiving data."""
     h2_max_header_table_size: _builtins.int
+    """Bytes of HPACK dynamic table accepted from the peer."""
     h2_graceful_shutdown_deadline_seconds: _builtins.int
+    """Seconds to let streams finish after GOAWAY; 0 = no deadline."""
     h2_max_window_update_stream0_per_window: _builtins.int
     sozu_id_header: _builtins.str
+    """Name of the per-request id header added by the proxy; absent = "Sozu-Id"."""
     elide_x_real_ip: _builtins.bool
+    """Remove any X-Real-IP header sent by the client."""
     send_x_real_ip: _builtins.bool
+    """Add X-Real-IP with the client's address."""
     h2_max_header_fields: _builtins.int
+    """Header fields per request (after cookie splitting)."""
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
     @_builtins.property
-    def public_address(self) -> Global___SocketAddress: ...
+    def public_address(self) -> Global___SocketAddress:
+        """Address announced to the outside when it differs from `address` (NAT,
+        load balancer in front); absent = `address`.
+        """
+
     @_builtins.property
-    def http_answers(self) -> Global___CustomHttpAnswers: ...
+    def http_answers(self) -> Global___CustomHttpAnswers:
+        """Legacy per-status answers; `answers` supersedes it."""
+
     @_builtins.property
-    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """HTTP status code ("404", "503") -> answer template."""
+
     def __init__(
         self,
         *,
@@ -1348,6 +1635,10 @@ Global___HttpListenerConfig: _TypeAlias = HttpListenerConfig  # noqa: Y015
 
 @_typing.final
 class HttpsListenerConfig(_message.Message):
+    """An HTTPS listener: Request.add_https_listener, ListenersList entries, state
+    files. Fields shared with HttpListenerConfig mean the same thing.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1418,13 +1709,16 @@ class HttpsListenerConfig(_message.Message):
     expect_proxy: _builtins.bool
     sticky_name: _builtins.str
     front_timeout: _builtins.int
+    """Timeouts in seconds."""
     back_timeout: _builtins.int
     connect_timeout: _builtins.int
     request_timeout: _builtins.int
     active: _builtins.bool
     certificate: _builtins.str
+    """PEM text, as given in the listener's configuration."""
     key: _builtins.str
     send_tls13_tickets: _builtins.int
+    """TLS 1.3 session tickets sent per handshake (the config default is 4)."""
     h2_max_rst_stream_per_window: _builtins.int
     h2_max_ping_per_window: _builtins.int
     h2_max_settings_per_window: _builtins.int
@@ -1439,7 +1733,9 @@ class HttpsListenerConfig(_message.Message):
     h2_max_rst_stream_emitted_lifetime: _builtins.int
     h2_max_header_list_size: _builtins.int
     strict_sni_binding: _builtins.bool
+    """The Host / :authority of each request must equal the TLS SNI; absent = true."""
     disable_http11: _builtins.bool
+    """Refuse clients that do not negotiate h2 through ALPN; absent = false."""
     h2_stream_idle_timeout_seconds: _builtins.int
     h2_max_header_table_size: _builtins.int
     h2_graceful_shutdown_deadline_seconds: _builtins.int
@@ -1453,25 +1749,41 @@ class HttpsListenerConfig(_message.Message):
     @_builtins.property
     def public_address(self) -> Global___SocketAddress: ...
     @_builtins.property
-    def versions(self) -> _containers.RepeatedScalarFieldContainer[Global___TlsVersion.ValueType]: ...
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[Global___TlsVersion.ValueType]:
+        """Accepted TLS versions."""
+
     @_builtins.property
-    def cipher_list(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def cipher_list(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """TLS 1.2 cipher names."""
+
     @_builtins.property
-    def cipher_suites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def cipher_suites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """TLS 1.3 cipher suite names."""
+
     @_builtins.property
     def signature_algorithms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def groups_list(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def groups_list(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Key exchange groups."""
+
     @_builtins.property
     def certificate_chain(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def http_answers(self) -> Global___CustomHttpAnswers: ...
+    def http_answers(self) -> Global___CustomHttpAnswers:
+        """Legacy per-status answers; `answers` supersedes it."""
+
     @_builtins.property
-    def alpn_protocols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def alpn_protocols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ALPN protocols in preference order; empty = h2, http/1.1."""
+
     @_builtins.property
-    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """HTTP status code -> answer template."""
+
     @_builtins.property
-    def hsts(self) -> Global___HstsConfig: ...
+    def hsts(self) -> Global___HstsConfig:
+        """Default Strict-Transport-Security policy; a frontend's `hsts` overrides it."""
+
     def __init__(
         self,
         *,
@@ -1531,6 +1843,8 @@ Global___HttpsListenerConfig: _TypeAlias = HttpsListenerConfig  # noqa: Y015
 
 @_typing.final
 class TcpListenerConfig(_message.Message):
+    """A TCP listener: Request.add_tcp_listener, ListenersList entries, state files."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -1541,7 +1855,9 @@ class TcpListenerConfig(_message.Message):
     CONNECT_TIMEOUT_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     expect_proxy: _builtins.bool
+    """Expect a PROXY protocol header at the start of each client connection."""
     front_timeout: _builtins.int
+    """Timeouts in seconds."""
     back_timeout: _builtins.int
     connect_timeout: _builtins.int
     active: _builtins.bool
@@ -1570,6 +1886,8 @@ Global___TcpListenerConfig: _TypeAlias = TcpListenerConfig  # noqa: Y015
 
 @_typing.final
 class UdpListenerConfig(_message.Message):
+    """A UDP listener: Request.add_udp_listener, ListenersList entries, state files."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -1580,9 +1898,13 @@ class UdpListenerConfig(_message.Message):
     MAX_FLOWS_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     front_timeout: _builtins.int
+    """Seconds a client flow may stay idle."""
     back_timeout: _builtins.int
+    """Seconds a backend flow may stay idle."""
     max_rx_datagram_size: _builtins.int
+    """Bytes; capped by buffer_size."""
     max_flows: _builtins.int
+    """Concurrent flows; 0 = derived from the open-file limit."""
     active: _builtins.bool
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
@@ -1609,6 +1931,10 @@ Global___UdpListenerConfig: _TypeAlias = UdpListenerConfig  # noqa: Y015
 
 @_typing.final
 class HstsConfig(_message.Message):
+    """Strict-Transport-Security policy, on an HTTPS listener or an HTTPS frontend.
+    Never emitted on plain HTTP.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENABLED_FIELD_NUMBER: _builtins.int
@@ -1617,10 +1943,15 @@ class HstsConfig(_message.Message):
     PRELOAD_FIELD_NUMBER: _builtins.int
     FORCE_REPLACE_BACKEND_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
+    """False disables HSTS for this scope (and is how a patch turns it off)."""
     max_age: _builtins.int
+    """max-age in seconds; absent while enabled = one year; 0 tells browsers to forget."""
     include_subdomains: _builtins.bool
     preload: _builtins.bool
     force_replace_backend: _builtins.bool
+    """Overwrite a Strict-Transport-Security header sent by the backend instead of
+    keeping it.
+    """
     def __init__(
         self,
         *,
@@ -1640,6 +1971,10 @@ Global___HstsConfig: _TypeAlias = HstsConfig  # noqa: Y015
 
 @_typing.final
 class CustomHttpAnswers(_message.Message):
+    """Legacy per-status answer templates (one field per status code), superseded by
+    the `answers` maps. Absent = built-in answer.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ANSWER_301_FIELD_NUMBER: _builtins.int
@@ -1692,6 +2027,8 @@ Global___CustomHttpAnswers: _TypeAlias = CustomHttpAnswers  # noqa: Y015
 
 @_typing.final
 class ActivateListener(_message.Message):
+    """Request.activate_listener: start accepting on a listener."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -1699,6 +2036,7 @@ class ActivateListener(_message.Message):
     FROM_SCM_FIELD_NUMBER: _builtins.int
     proxy: Global___ListenerType.ValueType
     from_scm: _builtins.bool
+    """True: use a socket received over the SCM socket instead of binding one."""
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
     def __init__(
@@ -1718,6 +2056,8 @@ Global___ActivateListener: _TypeAlias = ActivateListener  # noqa: Y015
 
 @_typing.final
 class DeactivateListener(_message.Message):
+    """Request.deactivate_listener: stop accepting on a listener."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -1725,6 +2065,7 @@ class DeactivateListener(_message.Message):
     TO_SCM_FIELD_NUMBER: _builtins.int
     proxy: Global___ListenerType.ValueType
     to_scm: _builtins.bool
+    """True: send the socket back over the SCM socket instead of closing it."""
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
     def __init__(
@@ -1744,6 +2085,8 @@ Global___DeactivateListener: _TypeAlias = DeactivateListener  # noqa: Y015
 
 @_typing.final
 class RemoveListener(_message.Message):
+    """Request.remove_listener: forget a listener."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -1767,6 +2110,10 @@ Global___RemoveListener: _TypeAlias = RemoveListener  # noqa: Y015
 
 @_typing.final
 class ListenersList(_message.Message):
+    """ResponseContent.listeners_list: every listener, keyed by its address
+    as text ("127.0.0.1:8080").
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1883,6 +2230,8 @@ Global___ListenersList: _TypeAlias = ListenersList  # noqa: Y015
 
 @_typing.final
 class Header(_message.Message):
+    """A header edit of an HTTP(S) frontend. Names compare case-insensitively."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITION_FIELD_NUMBER: _builtins.int
@@ -1891,6 +2240,7 @@ class Header(_message.Message):
     position: Global___HeaderPosition.ValueType
     key: _builtins.str
     val: _builtins.str
+    """New value, replacing any header of that name; "" deletes the header."""
     def __init__(
         self,
         *,
@@ -1908,6 +2258,10 @@ Global___Header: _TypeAlias = Header  # noqa: Y015
 
 @_typing.final
 class RequestHttpFrontend(_message.Message):
+    """An HTTP or HTTPS frontend (routing rule): add/remove_http(s)_frontend, listed
+    in ListedFrontends and ClusterInformation, stored in state files.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1947,26 +2301,39 @@ class RequestHttpFrontend(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     HSTS_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
+    """Absent: a deny rule, matching requests are answered 401 and never forwarded."""
     hostname: _builtins.str
+    """Exact name, or a wildcard such as "*.example.com"."""
     method: _builtins.str
+    """HTTP method to match; absent = any."""
     position: Global___RulePosition.ValueType
     redirect: Global___RedirectPolicy.ValueType
     required_auth: _builtins.bool
+    """Require Basic credentials listed in the cluster's authorized_hashes."""
     redirect_scheme: Global___RedirectScheme.ValueType
     redirect_template: _builtins.str
+    """Template of the redirect answer."""
     rewrite_host: _builtins.str
+    """Host rewrite template; may use $HOST[n] / $PATH[n] regex captures."""
     rewrite_path: _builtins.str
+    """Path rewrite template, same syntax."""
     rewrite_port: _builtins.int
     @_builtins.property
-    def address(self) -> Global___SocketAddress: ...
+    def address(self) -> Global___SocketAddress:
+        """The listener it belongs to."""
+
     @_builtins.property
     def path(self) -> Global___PathRule: ...
     @_builtins.property
-    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form key/values copied to the access logs."""
+
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]: ...
     @_builtins.property
-    def hsts(self) -> Global___HstsConfig: ...
+    def hsts(self) -> Global___HstsConfig:
+        """HTTPS only: replaces the listener's HSTS policy for this frontend."""
+
     def __init__(
         self,
         *,
@@ -1997,6 +2364,8 @@ Global___RequestHttpFrontend: _TypeAlias = RequestHttpFrontend  # noqa: Y015
 
 @_typing.final
 class RequestTcpFrontend(_message.Message):
+    """A TCP frontend: every connection on `address` goes to the cluster."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -2026,7 +2395,9 @@ class RequestTcpFrontend(_message.Message):
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
     @_builtins.property
-    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form key/values copied to the access logs."""
+
     def __init__(
         self,
         *,
@@ -2044,6 +2415,8 @@ Global___RequestTcpFrontend: _TypeAlias = RequestTcpFrontend  # noqa: Y015
 
 @_typing.final
 class RequestUdpFrontend(_message.Message):
+    """A UDP frontend: datagrams received on `address` go to the cluster."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -2091,6 +2464,10 @@ Global___RequestUdpFrontend: _TypeAlias = RequestUdpFrontend  # noqa: Y015
 
 @_typing.final
 class FrontendFilters(_message.Message):
+    """Request.list_frontends: which kinds to list; answered with ListedFrontends.
+    Sōzu lists every kind when all three flags are false.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HTTP_FIELD_NUMBER: _builtins.int
@@ -2101,6 +2478,7 @@ class FrontendFilters(_message.Message):
     https: _builtins.bool
     tcp: _builtins.bool
     domain: _builtins.str
+    """Only frontends whose hostname contains this text."""
     def __init__(
         self,
         *,
@@ -2119,12 +2497,15 @@ Global___FrontendFilters: _TypeAlias = FrontendFilters  # noqa: Y015
 
 @_typing.final
 class PathRule(_message.Message):
+    """Path condition of an HTTP(S) frontend."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     kind: Global___PathRuleKind.ValueType
     value: _builtins.str
+    """The prefix, regular expression or exact path; prefix "" matches everything."""
     def __init__(
         self,
         *,
@@ -2141,14 +2522,24 @@ Global___PathRule: _TypeAlias = PathRule  # noqa: Y015
 
 @_typing.final
 class AddCertificate(_message.Message):
+    """---------------------------------------------------------------------------
+    Certificates
+    ---------------------------------------------------------------------------
+
+    Request.add_certificate: load a certificate on an HTTPS listener.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     EXPIRED_AT_FIELD_NUMBER: _builtins.int
     expired_at: _builtins.int
+    """Unix time (seconds) used as expiry instead of the certificate's own."""
     @_builtins.property
-    def address(self) -> Global___SocketAddress: ...
+    def address(self) -> Global___SocketAddress:
+        """The HTTPS listener."""
+
     @_builtins.property
     def certificate(self) -> Global___CertificateAndKey: ...
     def __init__(
@@ -2168,11 +2559,14 @@ Global___AddCertificate: _TypeAlias = AddCertificate  # noqa: Y015
 
 @_typing.final
 class RemoveCertificate(_message.Message):
+    """Request.remove_certificate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     fingerprint: _builtins.str
+    """Hex SHA-256 of the certificate's DER bytes."""
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
     def __init__(
@@ -2191,6 +2585,8 @@ Global___RemoveCertificate: _TypeAlias = RemoveCertificate  # noqa: Y015
 
 @_typing.final
 class ReplaceCertificate(_message.Message):
+    """Request.replace_certificate: add the new certificate, drop the old one."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -2198,7 +2594,9 @@ class ReplaceCertificate(_message.Message):
     OLD_FINGERPRINT_FIELD_NUMBER: _builtins.int
     NEW_EXPIRED_AT_FIELD_NUMBER: _builtins.int
     old_fingerprint: _builtins.str
+    """Hex fingerprint of the certificate to drop."""
     new_expired_at: _builtins.int
+    """Unix time (seconds) overriding the new certificate's expiry."""
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
     @_builtins.property
@@ -2221,6 +2619,8 @@ Global___ReplaceCertificate: _TypeAlias = ReplaceCertificate  # noqa: Y015
 
 @_typing.final
 class CertificateAndKey(_message.Message):
+    """A certificate with its chain and private key, all PEM text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATE_FIELD_NUMBER: _builtins.int
@@ -2235,7 +2635,9 @@ class CertificateAndKey(_message.Message):
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[Global___TlsVersion.ValueType]: ...
     @_builtins.property
-    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Server names to serve it for; empty = the names in the certificate."""
+
     def __init__(
         self,
         *,
@@ -2255,12 +2657,15 @@ Global___CertificateAndKey: _TypeAlias = CertificateAndKey  # noqa: Y015
 
 @_typing.final
 class QueryCertificatesFilters(_message.Message):
+    """Filter of the certificate queries: set at most one; none = every certificate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DOMAIN_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     domain: _builtins.str
     fingerprint: _builtins.str
+    """Hex fingerprint."""
     def __init__(
         self,
         *,
@@ -2283,6 +2688,7 @@ class CertificateSummary(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     domain: _builtins.str
     fingerprint: _builtins.str
+    """Hex fingerprint."""
     def __init__(
         self,
         *,
@@ -2299,6 +2705,8 @@ Global___CertificateSummary: _TypeAlias = CertificateSummary  # noqa: Y015
 
 @_typing.final
 class ListOfCertificatesByAddress(_message.Message):
+    """ResponseContent.certificates_by_address: a worker's certificates per listener."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATES_FIELD_NUMBER: _builtins.int
@@ -2343,6 +2751,8 @@ Global___CertificatesByAddress: _TypeAlias = CertificatesByAddress  # noqa: Y015
 
 @_typing.final
 class CertificatesWithFingerprints(_message.Message):
+    """ResponseContent.certificates_with_fingerprints: hex fingerprint -> certificate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -2384,6 +2794,8 @@ Global___CertificatesWithFingerprints: _TypeAlias = CertificatesWithFingerprints
 
 @_typing.final
 class UdpHealthConfig(_message.Message):
+    """Health probing of a UDP cluster's backends."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODE_FIELD_NUMBER: _builtins.int
@@ -2395,10 +2807,15 @@ class UdpHealthConfig(_message.Message):
     PROBE_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     PROBE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     mode: Global___UdpHealthMode.ValueType
+    """Absent: TCP_PROBE."""
     tcp_port: _builtins.int
+    """Absent: the backend's own port."""
     rise: _builtins.int
+    """Successes in a row that mark a backend up."""
     fall: _builtins.int
+    """Failures in a row that mark a backend down."""
     fail_open: _builtins.bool
+    """Keep forwarding when every backend is down."""
     udp_probe_payload: _builtins.bytes
     probe_interval_seconds: _builtins.int
     probe_timeout_seconds: _builtins.int
@@ -2424,6 +2841,8 @@ Global___UdpHealthConfig: _TypeAlias = UdpHealthConfig  # noqa: Y015
 
 @_typing.final
 class UdpClusterConfig(_message.Message):
+    """UDP-only settings of a Cluster."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AFFINITY_KEY_FIELD_NUMBER: _builtins.int
@@ -2433,10 +2852,15 @@ class UdpClusterConfig(_message.Message):
     PROXY_PROTOCOL_EVERY_DATAGRAM_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     affinity_key: Global___UdpAffinityKey.ValueType
+    """Absent: SOURCE_IP."""
     responses: _builtins.int
+    """Backend datagrams expected per flow; 0 = unlimited."""
     requests: _builtins.int
+    """Client datagrams per flow; 0 = unlimited."""
     send_proxy_protocol: _builtins.bool
+    """Send a PROXY protocol v2 header to the backend."""
     proxy_protocol_every_datagram: _builtins.bool
+    """With send_proxy_protocol: on every datagram rather than the first only."""
     @_builtins.property
     def health(self) -> Global___UdpHealthConfig: ...
     def __init__(
@@ -2459,6 +2883,10 @@ Global___UdpClusterConfig: _TypeAlias = UdpClusterConfig  # noqa: Y015
 
 @_typing.final
 class Cluster(_message.Message):
+    """Request.add_cluster (an upsert), ClusterInformation, state files. A cluster
+    ties frontends to a set of backends.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -2499,24 +2927,42 @@ class Cluster(_message.Message):
     UDP_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     sticky_session: _builtins.bool
+    """Pin each client to one backend with a cookie."""
     https_redirect: _builtins.bool
+    """Redirect plain HTTP requests to HTTPS."""
     proxy_protocol: Global___ProxyProtocolConfig.ValueType
+    """PROXY protocol handling (TCP clusters); absent = none."""
     load_balancing: Global___LoadBalancingAlgorithms.ValueType
     answer_503: _builtins.str
+    """Legacy 503 answer template; `answers` supersedes it."""
     load_metric: Global___LoadMetric.ValueType
+    """Used by LEAST_LOADED and POWER_OF_TWO."""
     http2: _builtins.bool
+    """The backends speak HTTP/2 (client-side HTTP/2 is negotiated independently)."""
     https_redirect_port: _builtins.int
+    """Port put in the https_redirect Location; absent = the HTTPS listener's port."""
     www_authenticate: _builtins.str
+    """Realm of the 401 challenge; absent = a generic realm."""
     max_connections_per_ip: _builtins.int
+    """Absent: the global limit; 0: unlimited for this cluster."""
     retry_after: _builtins.int
+    """Retry-After seconds on 429 answers; absent = global value; 0 = no header."""
     @_builtins.property
-    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def answers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """HTTP status code -> answer template, overriding the listener's."""
+
     @_builtins.property
-    def authorized_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def authorized_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Basic authentication credentials, each "user:lowercase-hex-sha256(password)"."""
+
     @_builtins.property
-    def health_check(self) -> Global___HealthCheckConfig: ...
+    def health_check(self) -> Global___HealthCheckConfig:
+        """Absent: no active health checking."""
+
     @_builtins.property
-    def udp(self) -> Global___UdpClusterConfig: ...
+    def udp(self) -> Global___UdpClusterConfig:
+        """Only for clusters of UDP backends."""
+
     def __init__(
         self,
         *,
@@ -2547,6 +2993,10 @@ Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
 
 @_typing.final
 class HealthCheckConfig(_message.Message):
+    """Active HTTP health check of a cluster's backends (HTTP/2 when the cluster's
+    http2 is set).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     URI_FIELD_NUMBER: _builtins.int
@@ -2556,11 +3006,17 @@ class HealthCheckConfig(_message.Message):
     UNHEALTHY_THRESHOLD_FIELD_NUMBER: _builtins.int
     EXPECTED_STATUS_FIELD_NUMBER: _builtins.int
     uri: _builtins.str
+    """Path requested on each backend."""
     interval: _builtins.int
+    """Seconds between checks."""
     timeout: _builtins.int
+    """Seconds to wait for an answer."""
     healthy_threshold: _builtins.int
+    """Successes in a row that mark a backend healthy."""
     unhealthy_threshold: _builtins.int
+    """Failures in a row that mark a backend unhealthy."""
     expected_status: _builtins.int
+    """Status code counted as success; 0 = any 2xx."""
     def __init__(
         self,
         *,
@@ -2581,6 +3037,8 @@ Global___HealthCheckConfig: _TypeAlias = HealthCheckConfig  # noqa: Y015
 
 @_typing.final
 class AddBackend(_message.Message):
+    """Request.add_backend (an upsert), ClusterInformation, state files."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
@@ -2592,11 +3050,15 @@ class AddBackend(_message.Message):
     cluster_id: _builtins.str
     backend_id: _builtins.str
     sticky_id: _builtins.str
+    """Value of the sticky-session cookie that selects this backend; absent = backend_id."""
     backup: _builtins.bool
+    """Used only when no other backend is available."""
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
     @_builtins.property
-    def load_balancing_parameters(self) -> Global___LoadBalancingParams: ...
+    def load_balancing_parameters(self) -> Global___LoadBalancingParams:
+        """Absent: weight 100."""
+
     def __init__(
         self,
         *,
@@ -2617,6 +3079,8 @@ Global___AddBackend: _TypeAlias = AddBackend  # noqa: Y015
 
 @_typing.final
 class RemoveBackend(_message.Message):
+    """Request.remove_backend."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
@@ -2647,6 +3111,7 @@ class LoadBalancingParams(_message.Message):
 
     WEIGHT_FIELD_NUMBER: _builtins.int
     weight: _builtins.int
+    """Relative share of the traffic (the config default is 100)."""
     def __init__(
         self,
         *,
@@ -2662,12 +3127,15 @@ Global___LoadBalancingParams: _TypeAlias = LoadBalancingParams  # noqa: Y015
 
 @_typing.final
 class QueryClusterByDomain(_message.Message):
+    """Request.query_clusters_by_domain; answered with ClusterInformations."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HOSTNAME_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     path: _builtins.str
+    """Absent: any path."""
     def __init__(
         self,
         *,
@@ -2684,6 +3152,13 @@ Global___QueryClusterByDomain: _TypeAlias = QueryClusterByDomain  # noqa: Y015
 
 @_typing.final
 class QueryMetricsOptions(_message.Message):
+    """---------------------------------------------------------------------------
+    Metrics
+    ---------------------------------------------------------------------------
+
+    Request.query_metrics.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LIST_FIELD_NUMBER: _builtins.int
@@ -2693,14 +3168,21 @@ class QueryMetricsOptions(_message.Message):
     NO_CLUSTERS_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     list: _builtins.bool
+    """Only list the metric names (AvailableMetrics)."""
     no_clusters: _builtins.bool
+    """Leave out cluster and backend metrics."""
     workers: _builtins.bool
+    """Report each worker separately instead of merged."""
     @_builtins.property
-    def cluster_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def cluster_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty: every cluster."""
+
     @_builtins.property
     def backend_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def metric_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def metric_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty: every metric."""
+
     def __init__(
         self,
         *,
@@ -2721,6 +3203,14 @@ Global___QueryMetricsOptions: _TypeAlias = QueryMetricsOptions  # noqa: Y015
 
 @_typing.final
 class Response(_message.Message):
+    """---------------------------------------------------------------------------
+    Responses
+    ---------------------------------------------------------------------------
+
+    Main -> client: the answer to a Request. Zero or more PROCESSING responses
+    (progress, or streamed Events after SubscribeEvents) end with one OK or FAILURE.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
@@ -2728,8 +3218,11 @@ class Response(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     status: Global___ResponseStatus.ValueType
     message: _builtins.str
+    """Human-readable result or error."""
     @_builtins.property
-    def content(self) -> Global___ResponseContent: ...
+    def content(self) -> Global___ResponseContent:
+        """Absent when the command returns no data."""
+
     def __init__(
         self,
         *,
@@ -2747,6 +3240,8 @@ Global___Response: _TypeAlias = Response  # noqa: Y015
 
 @_typing.final
 class ResponseContent(_message.Message):
+    """The data of a Response or a WorkerResponse; one variant at most."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKERS_FIELD_NUMBER: _builtins.int
@@ -2771,7 +3266,9 @@ class ResponseContent(_message.Message):
     @_builtins.property
     def metrics(self) -> Global___AggregatedMetrics: ...
     @_builtins.property
-    def worker_responses(self) -> Global___WorkerResponses: ...
+    def worker_responses(self) -> Global___WorkerResponses:
+        """One answer per worker, for queries fanned out to the workers."""
+
     @_builtins.property
     def event(self) -> Global___Event: ...
     @_builtins.property
@@ -2779,7 +3276,9 @@ class ResponseContent(_message.Message):
     @_builtins.property
     def listeners_list(self) -> Global___ListenersList: ...
     @_builtins.property
-    def worker_metrics(self) -> Global___WorkerMetrics: ...
+    def worker_metrics(self) -> Global___WorkerMetrics:
+        """A single worker's metrics (worker -> main)."""
+
     @_builtins.property
     def available_metrics(self) -> Global___AvailableMetrics: ...
     @_builtins.property
@@ -2797,9 +3296,13 @@ class ResponseContent(_message.Message):
     @_builtins.property
     def health_checks_list(self) -> Global___HealthChecksList: ...
     @_builtins.property
-    def metric_detail_status(self) -> Global___MetricDetailStatus: ...
+    def metric_detail_status(self) -> Global___MetricDetailStatus:
+        """Main -> client after SetMetricDetail."""
+
     @_builtins.property
-    def worker_metric_detail_status(self) -> Global___WorkerMetricDetailStatus: ...
+    def worker_metric_detail_status(self) -> Global___WorkerMetricDetailStatus:
+        """Worker -> main after SetMetricDetail."""
+
     def __init__(
         self,
         *,
@@ -2833,6 +3336,8 @@ Global___ResponseContent: _TypeAlias = ResponseContent  # noqa: Y015
 
 @_typing.final
 class HealthChecksList(_message.Message):
+    """Cluster id -> health check."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -2874,6 +3379,8 @@ Global___HealthChecksList: _TypeAlias = HealthChecksList  # noqa: Y015
 
 @_typing.final
 class WorkerResponses(_message.Message):
+    """Worker id (as text) -> that worker's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -2915,6 +3422,8 @@ Global___WorkerResponses: _TypeAlias = WorkerResponses  # noqa: Y015
 
 @_typing.final
 class ListedFrontends(_message.Message):
+    """Answer to Request.list_frontends."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HTTP_FRONTENDS_FIELD_NUMBER: _builtins.int
@@ -2967,6 +3476,8 @@ Global___ClusterInformations: _TypeAlias = ClusterInformations  # noqa: Y015
 
 @_typing.final
 class ClusterInformation(_message.Message):
+    """A cluster with everything attached to it, as found in one process's state."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFIGURATION_FIELD_NUMBER: _builtins.int
@@ -3007,6 +3518,11 @@ Global___ClusterInformation: _TypeAlias = ClusterInformation  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
+    """Something that happened: worker -> main (backend health), main -> event
+    subscribers (forwarded, plus configuration changes). Fields that do not apply
+    to the kind are absent.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
@@ -3020,7 +3536,9 @@ class Event(_message.Message):
     @_builtins.property
     def address(self) -> Global___SocketAddress: ...
     @_builtins.property
-    def metric_detail(self) -> Global___MetricDetailTransition: ...
+    def metric_detail(self) -> Global___MetricDetailTransition:
+        """Only with METRIC_DETAIL_CHANGED."""
+
     def __init__(
         self,
         *,
@@ -3040,6 +3558,8 @@ Global___Event: _TypeAlias = Event  # noqa: Y015
 
 @_typing.final
 class MetricDetailTransition(_message.Message):
+    """A change of a worker's effective metrics detail level."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PREVIOUS_EFFECTIVE_FIELD_NUMBER: _builtins.int
@@ -3049,7 +3569,9 @@ class MetricDetailTransition(_message.Message):
     previous_effective: Global___MetricDetail.ValueType
     effective: Global___MetricDetail.ValueType
     transition_kind: _builtins.str
+    """"lease_apply", "lease_clear" or "lease_tick_expired"."""
     client_id: _builtins.str
+    """The leasing client; absent for expiries."""
     def __init__(
         self,
         *,
@@ -3068,6 +3590,8 @@ Global___MetricDetailTransition: _TypeAlias = MetricDetailTransition  # noqa: Y0
 
 @_typing.final
 class ClusterHashes(_message.Message):
+    """Cluster id -> hash of its configuration, to compare states cheaply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -3108,6 +3632,8 @@ Global___ClusterHashes: _TypeAlias = ClusterHashes  # noqa: Y015
 
 @_typing.final
 class WorkerInfos(_message.Message):
+    """Answer to Request.list_workers."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VEC_FIELD_NUMBER: _builtins.int
@@ -3134,7 +3660,9 @@ class WorkerInfo(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     RUN_STATE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """Worker id, from 0."""
     pid: _builtins.int
+    """OS process id."""
     run_state: Global___RunState.ValueType
     def __init__(
         self,
@@ -3153,6 +3681,8 @@ Global___WorkerInfo: _TypeAlias = WorkerInfo  # noqa: Y015
 
 @_typing.final
 class AvailableMetrics(_message.Message):
+    """Answer to QueryMetricsOptions with list = true."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROXY_METRICS_FIELD_NUMBER: _builtins.int
@@ -3177,6 +3707,8 @@ Global___AvailableMetrics: _TypeAlias = AvailableMetrics  # noqa: Y015
 
 @_typing.final
 class AggregatedMetrics(_message.Message):
+    """Main -> client: metrics of the main process and the workers."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -3268,13 +3800,21 @@ class AggregatedMetrics(_message.Message):
     CLUSTERS_FIELD_NUMBER: _builtins.int
     PROXYING_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def main(self) -> _containers.MessageMap[_builtins.str, Global___FilteredMetrics]: ...
+    def main(self) -> _containers.MessageMap[_builtins.str, Global___FilteredMetrics]:
+        """Metric name -> value, for the main process."""
+
     @_builtins.property
-    def workers(self) -> _containers.MessageMap[_builtins.str, Global___WorkerMetrics]: ...
+    def workers(self) -> _containers.MessageMap[_builtins.str, Global___WorkerMetrics]:
+        """Worker id -> its metrics (when asked per worker)."""
+
     @_builtins.property
-    def clusters(self) -> _containers.MessageMap[_builtins.str, Global___ClusterMetrics]: ...
+    def clusters(self) -> _containers.MessageMap[_builtins.str, Global___ClusterMetrics]:
+        """Cluster id -> metrics merged over the workers."""
+
     @_builtins.property
-    def proxying(self) -> _containers.MessageMap[_builtins.str, Global___FilteredMetrics]: ...
+    def proxying(self) -> _containers.MessageMap[_builtins.str, Global___FilteredMetrics]:
+        """Metric name -> proxy metrics merged over the workers."""
+
     def __init__(
         self,
         *,
@@ -3293,6 +3833,8 @@ Global___AggregatedMetrics: _TypeAlias = AggregatedMetrics  # noqa: Y015
 
 @_typing.final
 class WorkerMetrics(_message.Message):
+    """Worker -> main: one worker's metrics."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -3340,9 +3882,13 @@ class WorkerMetrics(_message.Message):
     PROXY_FIELD_NUMBER: _builtins.int
     CLUSTERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def proxy(self) -> _containers.MessageMap[_builtins.str, Global___FilteredMetrics]: ...
+    def proxy(self) -> _containers.MessageMap[_builtins.str, Global___FilteredMetrics]:
+        """Metric name -> value."""
+
     @_builtins.property
-    def clusters(self) -> _containers.MessageMap[_builtins.str, Global___ClusterMetrics]: ...
+    def clusters(self) -> _containers.MessageMap[_builtins.str, Global___ClusterMetrics]:
+        """Cluster id -> metrics."""
+
     def __init__(
         self,
         *,
@@ -3385,7 +3931,9 @@ class ClusterMetrics(_message.Message):
     CLUSTER_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def cluster(self) -> _containers.MessageMap[_builtins.str, Global___FilteredMetrics]: ...
+    def cluster(self) -> _containers.MessageMap[_builtins.str, Global___FilteredMetrics]:
+        """Metric name -> value."""
+
     @_builtins.property
     def backends(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackendMetrics]: ...
     def __init__(
@@ -3448,6 +3996,8 @@ Global___BackendMetrics: _TypeAlias = BackendMetrics  # noqa: Y015
 
 @_typing.final
 class FilteredMetrics(_message.Message):
+    """One metric value, in the form sent outside the process."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GAUGE_FIELD_NUMBER: _builtins.int
@@ -3458,7 +4008,9 @@ class FilteredMetrics(_message.Message):
     HISTOGRAM_FIELD_NUMBER: _builtins.int
     gauge: _builtins.int
     count: _builtins.int
+    """Monotonic counter."""
     time: _builtins.int
+    """Milliseconds."""
     @_builtins.property
     def percentiles(self) -> Global___Percentiles: ...
     @_builtins.property
@@ -3557,6 +4109,8 @@ Global___Percentiles: _TypeAlias = Percentiles  # noqa: Y015
 
 @_typing.final
 class FilteredHistogram(_message.Message):
+    """Prometheus-style histogram."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUM_FIELD_NUMBER: _builtins.int
@@ -3589,6 +4143,7 @@ class Bucket(_message.Message):
     LE_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     le: _builtins.int
+    """Upper bound (inclusive) of the bucket."""
     def __init__(
         self,
         *,
@@ -3605,6 +4160,8 @@ Global___Bucket: _TypeAlias = Bucket  # noqa: Y015
 
 @_typing.final
 class RequestCounts(_message.Message):
+    """Answer to Request.count_requests: request kind -> count."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -3645,10 +4202,13 @@ Global___RequestCounts: _TypeAlias = RequestCounts  # noqa: Y015
 
 @_typing.final
 class MaxConnectionsPerIpLimit(_message.Message):
+    """Answer to Request.query_max_connections_per_ip."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LIMIT_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
+    """0 = unlimited."""
     def __init__(
         self,
         *,
@@ -3664,11 +4224,19 @@ Global___MaxConnectionsPerIpLimit: _TypeAlias = MaxConnectionsPerIpLimit  # noqa
 
 @_typing.final
 class SocketAddress(_message.Message):
+    """---------------------------------------------------------------------------
+    Addresses
+    ---------------------------------------------------------------------------
+
+    An IP address and port.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IP_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     port: _builtins.int
+    """0..65535."""
     @_builtins.property
     def ip(self) -> Global___IpAddress: ...
     def __init__(
@@ -3692,8 +4260,13 @@ class IpAddress(_message.Message):
     V4_FIELD_NUMBER: _builtins.int
     V6_FIELD_NUMBER: _builtins.int
     v4: _builtins.int
+    """The address as a 32-bit number (127.0.0.1 = 0x7f000001), encoded as
+    fixed32, so little-endian on the wire.
+    """
     @_builtins.property
-    def v6(self) -> Global___Uint128: ...
+    def v6(self) -> Global___Uint128:
+        """The address as a 128-bit number."""
+
     def __init__(
         self,
         *,
@@ -3712,12 +4285,16 @@ Global___IpAddress: _TypeAlias = IpAddress  # noqa: Y015
 
 @_typing.final
 class Uint128(_message.Message):
+    """A 128-bit unsigned number split in two halves (IPv6 addresses, ids, times)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOW_FIELD_NUMBER: _builtins.int
     HIGH_FIELD_NUMBER: _builtins.int
     low: _builtins.int
+    """Least significant 64 bits (the last 8 bytes of an IPv6 address)."""
     high: _builtins.int
+    """Most significant 64 bits (the first 8 bytes of an IPv6 address)."""
     def __init__(
         self,
         *,
@@ -3734,11 +4311,20 @@ Global___Uint128: _TypeAlias = Uint128  # noqa: Y015
 
 @_typing.final
 class WorkerRequest(_message.Message):
+    """---------------------------------------------------------------------------
+    Worker channel, start-up and state files
+    ---------------------------------------------------------------------------
+
+    Main -> worker: a Request tagged with an id; also one record of a state file
+    (as JSON) and an entry of InitialState.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Chosen by the main process; echoed in the WorkerResponse."""
     @_builtins.property
     def content(self) -> Global___Request: ...
     def __init__(
@@ -3757,6 +4343,10 @@ Global___WorkerRequest: _TypeAlias = WorkerRequest  # noqa: Y015
 
 @_typing.final
 class WorkerResponse(_message.Message):
+    """Worker -> main: the answer to the WorkerRequest with the same id. Workers also
+    send Events this way, unprompted.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -3786,6 +4376,11 @@ Global___WorkerResponse: _TypeAlias = WorkerResponse  # noqa: Y015
 
 @_typing.final
 class SetMetricDetail(_message.Message):
+    """Request.set_metric_detail: take, renew or release a lease raising the metrics
+    detail level. A worker uses the highest of its configured level and all live
+    leases; leases expire on their own.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
@@ -3796,11 +4391,19 @@ class SetMetricDetail(_message.Message):
     PEER_PID_FIELD_NUMBER: _builtins.int
     PEER_SESSION_ULID_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
+    """Identifies the lease; sending again with the same id renews it."""
     detail: Global___MetricDetail.ValueType
+    """Level wanted; needed unless clear is true."""
     ttl_seconds: _builtins.int
+    """Seconds before the lease expires; absent or 0 = 60, more than 300 is refused."""
     clear: _builtins.bool
+    """Release the lease instead of taking it."""
     reason: _builtins.str
+    """Free text for the audit log."""
     peer_pid: _builtins.int
+    """Filled in by the main process from the client's socket (clients leave them
+    absent), so that only the same client can clear its lease.
+    """
     peer_session_ulid: _builtins.str
     def __init__(
         self,
@@ -3823,6 +4426,8 @@ Global___SetMetricDetail: _TypeAlias = SetMetricDetail  # noqa: Y015
 
 @_typing.final
 class WorkerMetricDetailStatus(_message.Message):
+    """Worker -> main: a worker's detail levels after SetMetricDetail."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFIGURED_FIELD_NUMBER: _builtins.int
@@ -3830,8 +4435,11 @@ class WorkerMetricDetailStatus(_message.Message):
     PREVIOUS_EFFECTIVE_FIELD_NUMBER: _builtins.int
     ACTIVE_LEASE_COUNT_FIELD_NUMBER: _builtins.int
     configured: Global___MetricDetail.ValueType
+    """From the configuration, leases aside."""
     effective: Global___MetricDetail.ValueType
+    """In force after the request."""
     previous_effective: Global___MetricDetail.ValueType
+    """In force before the request."""
     active_lease_count: _builtins.int
     def __init__(
         self,
@@ -3851,6 +4459,8 @@ Global___WorkerMetricDetailStatus: _TypeAlias = WorkerMetricDetailStatus  # noqa
 
 @_typing.final
 class MetricDetailStatus(_message.Message):
+    """Main -> client: the main process's levels and each worker's after SetMetricDetail."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -3882,7 +4492,9 @@ class MetricDetailStatus(_message.Message):
     effective: Global___MetricDetail.ValueType
     previous_effective: Global___MetricDetail.ValueType
     @_builtins.property
-    def workers(self) -> _containers.MessageMap[_builtins.str, Global___WorkerMetricDetailStatus]: ...
+    def workers(self) -> _containers.MessageMap[_builtins.str, Global___WorkerMetricDetailStatus]:
+        """Worker id (as text) -> its status."""
+
     def __init__(
         self,
         *,
@@ -3901,6 +4513,8 @@ Global___MetricDetailStatus: _TypeAlias = MetricDetailStatus  # noqa: Y015
 
 @_typing.final
 class ServerMetricsConfig(_message.Message):
+    """Where and how a worker sends its metrics (statsd over UDP)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
@@ -3908,9 +4522,12 @@ class ServerMetricsConfig(_message.Message):
     PREFIX_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     address: _builtins.str
+    """host:port of the statsd server."""
     tagged_metrics: _builtins.bool
+    """Send labels as statsd tags rather than inside the metric names."""
     prefix: _builtins.str
     detail: Global___MetricDetail.ValueType
+    """Absent: DETAIL_CLUSTER."""
     def __init__(
         self,
         *,
@@ -3929,6 +4546,10 @@ Global___ServerMetricsConfig: _TypeAlias = ServerMetricsConfig  # noqa: Y015
 
 @_typing.final
 class ServerConfig(_message.Message):
+    """Main -> worker: the first frame on a new worker's channel, its process-wide
+    settings. Defaults match the configuration file's.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
@@ -3958,30 +4579,48 @@ class ServerConfig(_message.Message):
     SPLICE_PIPE_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
     max_connections: _builtins.int
     front_timeout: _builtins.int
+    """Seconds."""
     back_timeout: _builtins.int
     connect_timeout: _builtins.int
     zombie_check_interval: _builtins.int
+    """Seconds between scans for stuck sessions."""
     accept_queue_timeout: _builtins.int
+    """Seconds an accepted connection may wait in the accept queue before being dropped."""
     min_buffers: _builtins.int
     max_buffers: _builtins.int
     buffer_size: _builtins.int
+    """Bytes per buffer."""
     log_level: _builtins.str
     log_target: _builtins.str
+    """"stdout", "file:///path", "udp://host:port", "tcp://host:port" or "unix:///path"."""
     access_logs_target: _builtins.str
+    """Absent: access logs go to log_target."""
     command_buffer_size: _builtins.int
+    """Initial size, in bytes, of the channel buffers."""
     max_command_buffer_size: _builtins.int
+    """Largest size, in bytes, the channel buffers may grow to (largest frame)."""
     access_log_format: Global___ProtobufAccessLogFormat.ValueType
     log_colored: _builtins.bool
     audit_logs_target: _builtins.str
+    """Audit log file (used by the main process only)."""
     audit_logs_json_target: _builtins.str
+    """Audit log as JSON lines (main process only)."""
     slab_entries_per_connection: _builtins.int
+    """Session slots reserved per connection; absent = 4."""
     basic_auth_max_credential_bytes: _builtins.int
+    """Largest decoded Basic credential accepted, bytes; absent = 4096."""
     evict_on_queue_full: _builtins.bool
+    """When max_connections is reached, evict the least active sessions."""
     max_connections_per_ip: _builtins.int
+    """Concurrent connections per (cluster, source IP); 0 = unlimited."""
     retry_after: _builtins.int
+    """Retry-After seconds on 429 answers; 0 = no header."""
     splice_pipe_capacity_bytes: _builtins.int
+    """Pipe size, bytes, for splice(2) transfers; absent = kernel default."""
     @_builtins.property
-    def metrics(self) -> Global___ServerMetricsConfig: ...
+    def metrics(self) -> Global___ServerMetricsConfig:
+        """Absent: no metrics sent."""
+
     def __init__(
         self,
         *,
@@ -4021,6 +4660,11 @@ Global___ServerConfig: _TypeAlias = ServerConfig  # noqa: Y015
 
 @_typing.final
 class ListenersCount(_message.Message):
+    """Main -> worker on the SCM socket: the addresses ("127.0.0.1:8080") of the
+    listening sockets whose file descriptors ride along (SCM_RIGHTS), in this
+    order: http, tls, tcp, udp. Varint-length-delimited, not framed.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HTTP_FIELD_NUMBER: _builtins.int
@@ -4030,7 +4674,9 @@ class ListenersCount(_message.Message):
     @_builtins.property
     def http(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def tls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def tls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """HTTPS listeners."""
+
     @_builtins.property
     def tcp(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -4053,6 +4699,10 @@ Global___ListenersCount: _TypeAlias = ListenersCount  # noqa: Y015
 
 @_typing.final
 class InitialState(_message.Message):
+    """The state a new worker starts from: written raw (no length prefix) to the
+    file behind --configuration-state-fd and read to its end.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
@@ -4073,6 +4723,13 @@ Global___InitialState: _TypeAlias = InitialState  # noqa: Y015
 
 @_typing.final
 class OpenTelemetry(_message.Message):
+    """---------------------------------------------------------------------------
+    Access logs (Protobuf access_log_format)
+    ---------------------------------------------------------------------------
+
+    Trace context taken from the request.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TRACE_ID_FIELD_NUMBER: _builtins.int
@@ -4098,6 +4755,10 @@ Global___OpenTelemetry: _TypeAlias = OpenTelemetry  # noqa: Y015
 
 @_typing.final
 class ProtobufAccessLog(_message.Message):
+    """One access log record, for an external log collector. Durations are in
+    microseconds, timestamps in nanoseconds since the Unix epoch.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -4149,42 +4810,65 @@ class ProtobufAccessLog(_message.Message):
     XFF_CHAIN_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     message: _builtins.str
+    """Error description, if any."""
     cluster_id: _builtins.str
     backend_id: _builtins.str
     protocol: _builtins.str
+    """e.g. "HTTP", "HTTPS-TLS1.3", "TCP"."""
     client_rtt: _builtins.int
     server_rtt: _builtins.int
     service_time: _builtins.int
+    """Time the session spent being handled."""
     bytes_in: _builtins.int
+    """Bytes from the client."""
     bytes_out: _builtins.int
+    """Bytes to the client."""
     user_agent: _builtins.str
     tag: _builtins.str
+    """Which process logged it, e.g. "WRK-01"."""
     request_time: _builtins.int
+    """From the first request byte to the last response byte."""
     response_time: _builtins.int
+    """Backend response time."""
     x_request_id: _builtins.str
+    """X-Request-Id forwarded to the backend."""
     tls_version: _builtins.str
+    """Absent on plain connections."""
     tls_cipher: _builtins.str
     tls_sni: _builtins.str
     tls_alpn: _builtins.str
     xff_chain: _builtins.str
+    """X-Forwarded-For as received, before the proxy's own hop is appended."""
     @_builtins.property
-    def request_id(self) -> Global___Uint128: ...
+    def request_id(self) -> Global___Uint128:
+        """Per-request ULID."""
+
     @_builtins.property
-    def session_address(self) -> Global___SocketAddress: ...
+    def session_address(self) -> Global___SocketAddress:
+        """Client address."""
+
     @_builtins.property
     def backend_address(self) -> Global___SocketAddress: ...
     @_builtins.property
     def endpoint(self) -> Global___ProtobufEndpoint: ...
     @_builtins.property
-    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The frontend's tags."""
+
     @_builtins.property
-    def time(self) -> Global___Uint128: ...
+    def time(self) -> Global___Uint128:
+        """When the record was written."""
+
     @_builtins.property
     def otel(self) -> Global___OpenTelemetry: ...
     @_builtins.property
-    def session_id(self) -> Global___Uint128: ...
+    def session_id(self) -> Global___Uint128:
+        """Connection ULID, shared by the requests of one connection."""
+
     @_builtins.property
-    def start_time(self) -> Global___Uint128: ...
+    def start_time(self) -> Global___Uint128:
+        """When the request started."""
+
     def __init__(
         self,
         *,
@@ -4264,6 +4948,7 @@ class HttpEndpoint(_message.Message):
     authority: _builtins.str
     path: _builtins.str
     status: _builtins.int
+    """HTTP status code of the answer."""
     reason: _builtins.str
     def __init__(
         self,
