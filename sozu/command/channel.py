@@ -27,6 +27,7 @@ from sozu.command.framing import (
 )
 
 Rx = TypeVar("Rx", bound=Message)
+Rx2 = TypeVar("Rx2", bound=Message)
 Tx = TypeVar("Tx", bound=Message)
 
 _READ_CHUNK = 65536
@@ -102,6 +103,16 @@ class Channel(Generic[Tx, Rx]):
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def retyped(self, rx_type: type[Rx2]) -> Channel[Tx, Rx2]:
+        """The same socket and receive buffer, reading another message type from now on.
+
+        The worker handshake needs it: the first frame is a `ServerConfig`, then `WorkerRequest`s
+        follow, possibly already in the buffer.
+        """
+        other: Channel[Tx, Rx2] = Channel(self.sock, rx_type, max_buffer_size=self.max_buffer_size)
+        other._decoder = self._decoder
+        return other
 
     def close(self) -> None:
         self.sock.close()

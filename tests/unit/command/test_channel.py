@@ -228,3 +228,20 @@ async def test_async_connect_over_a_unix_listener(tmp_path) -> None:
             await client.recv(timeout=2)
         assert closed.value.kind is FrameErrorKind.CLOSED
         await client.close()
+
+
+def test_retyped_channel_keeps_buffered_frames() -> None:
+    from sozu.command.proto import ServerConfig
+
+    a, b = pair()
+    server_config = ServerConfig(max_connections=5, command_buffer_size=1000)
+    request = WorkerRequest(id="INITIAL-STATUS-0", content=Request(status=Status()))
+    a.sendall(
+        encode_frame(server_config.SerializeToString()) + encode_frame(request.SerializeToString())
+    )
+    first: Channel[Response, ServerConfig] = Channel(b, ServerConfig)
+    assert first.recv(timeout=2).max_connections == 5
+    then = first.retyped(WorkerRequest)
+    assert then.recv(timeout=2).id == "INITIAL-STATUS-0"
+    a.close()
+    then.close()
