@@ -231,10 +231,11 @@ async def test_async_connect_over_a_unix_listener(tmp_path) -> None:
 
 
 def test_retyped_channel_keeps_buffered_frames() -> None:
+    from sozu.command.config import parse_config
     from sozu.command.proto import ServerConfig
 
     a, b = pair()
-    server_config = ServerConfig(max_connections=5, command_buffer_size=1000)
+    server_config = parse_config("max_connections = 5", "/tmp/x.toml").server_config()
     request = WorkerRequest(id="INITIAL-STATUS-0", content=Request(status=Status()))
     a.sendall(
         encode_frame(server_config.SerializeToString()) + encode_frame(request.SerializeToString())
