@@ -1,0 +1,308 @@
+"""`sozu start`: from a configuration file to a running supervisor, and back to an exit code.
+
+Start-up, in order: load the configuration (an unusable one is one line on stderr, exit 1);
+build the main state from it and, when `saved_state` names an existing file, load that file on
+top (each record the state refuses is reported); bind the command socket (mode 0600) and every
+active listener; with `--daemonize`, detach (python-daemon; the working directory is kept, so
+relative paths keep their meaning, and the shell gets its exit status only once the daemon is
+ready or has failed); write `pid_file_path`; then run the supervisor on one asyncio loop
+(uvloop when importable) until a stop. Whatever the way out, every worker is killed and reaped,
+the listening sockets are closed and the command socket and pid files are removed.
+
+This is the only module that imports python-daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sozu import __version__
+from sozu.command.config import Config, load_config
+from sozu.command.errors import ConfigError, ExitCode, SozuError
+from sozu.command.logging import LoggingError, get_logger, setup_logging
+from sozu.command.state import ConfigState, StateError
+from sozu.command.state_file import parse_records, read_state_file
+from sozu.supervisor.audit import AuditLog
+from sozu.supervisor.gathering import request_name
+from sozu.supervisor.listeners import ListenerSockets
+from sozu.supervisor.requests import already_in_place, present_requests
+from sozu.supervisor.server import CommandSocket, Supervisor
+from sozu.supervisor.workers import WORKER_COMMAND
+
+log = get_logger("sozu.supervisor.main")
+
+
+@dataclass
+class Prepared:
+    """What start-up made before the supervisor runs (all of it released by `release`)."""
+
+    state: ConfigState
+    counts: collections.Counter[str]
+    saved: SavedState | None
+    command_socket: CommandSocket
+    listeners: ListenerSockets
+
+    def fds(self) -> list[int]:
+        return [
+            self.command_socket.sock.fileno(),
+            *(s.fileno() for s in self.listeners.all().all()),
+        ]
+
+    def release(self) -> None:
+        self.listeners.close_all()
+        self.command_socket.close()
+        self.command_socket.remove()
+
+
+def start(
+    config_path: Path, daemonize: bool, *, worker_command: tuple[str, ...] = WORKER_COMMAND
+) -> int:
+    """Run the supervisor for `config_path`; returns the process exit code.
+
+    `worker_command` is the argv prefix a worker is started with (the worker flags follow).
+    """
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return int(ExitCode.FAILURE)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    # A daemon logs to its real target only once detached: python-daemon closes every file
+    # opened before, and a log file's descriptor number could be reused by then.
+    early_target = "stderr" if daemonize else config.log_target
+    try:
+        setup_logging(config.log_level, early_target, config.log_colored, process="main")
+        prepared = prepare(config)
+    except SozuError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return int(ExitCode.FAILURE)
+    report: Callable[[str], None] | None = None
+    if daemonize:
+        try:
+            parent_code, report = _detach(prepared.fds())
+        except BaseException:
+            prepared.release()
+            raise
+        if parent_code is not None:
+            return parent_code
+        try:
+            setup_logging(config.log_level, config.log_target, config.log_colored, process="main")
+        except LoggingError as error:
+            report(f"error: {error}")
+            prepared.release()
+            return int(ExitCode.FAILURE)
+    return run(config, prepared, report, worker_command=worker_command)
+
+
+def prepare(config: Config) -> Prepared:
+    """Main state (config, then saved state), command socket, listening sockets."""
+    requests = config.requests()
+    state = ConfigState.from_requests(requests)
+    counts = collections.Counter(request_name(request) for request in requests)
+    saved = None
+    if config.saved_state is not None and config.saved_state.exists():
+        saved = load_saved_state(config.saved_state, state)
+        counts.update(saved.applied)
+    command_socket = CommandSocket.bind(config.command_socket)
+    listeners = ListenerSockets()
+    try:
+        listeners.bind_active(state)
+    except SozuError:
+        command_socket.close()
+        command_socket.remove()
+        raise
+    return Prepared(state, counts, saved, command_socket, listeners)
+
+
+@dataclass
+class SavedState:
+    """What loading `saved_state` at start-up did."""
+
+    applied: list[str] = field(default_factory=list)  # request names, for the request counts
+    in_place: int = 0  # records the configuration had already set up
+    errors: list[str] = field(default_factory=list)
+
+
+def load_saved_state(path: Path, state: ConfigState) -> SavedState:
+    """Apply `saved_state` on top of the configuration's state, record by record."""
+    result = SavedState()
+    parsed, corrupt = parse_records(read_state_file(path))
+    result.errors.extend(str(error) for error in corrupt)
+    present = present_requests(state)
+    for index, record in parsed:
+        try:
+            state.apply(record.content)
+        except StateError as error:
+            if already_in_place(present, record.content, error):
+                result.in_place += 1
+            else:
+                result.errors.append(f"record {index} ({record.id}) refused: {error}")
+        else:
+            result.applied.append(request_name(record.content))
+    return result
+
+
+def _report_saved_state(config: Config, saved: SavedState | None) -> None:
+    if saved is None:
+        return
+    for error in saved.errors:
+        log.warning("saved_state_record_skipped", path=str(config.saved_state), error=error)
+    log.info(
+        "saved_state_loaded",
+        path=str(config.saved_state),
+        applied=len(saved.applied),
+        already_in_place=saved.in_place,
+        errors=len(saved.errors),
+    )
+
+
+def run(
+    config: Config,
+    prepared: Prepared,
+    report: Callable[[str], None] | None = None,
+    *,
+    worker_command: tuple[str, ...] = WORKER_COMMAND,
+) -> int:
+    """Run the supervisor until it stops; always leaves no worker and no socket file behind."""
+    pid_file = _write_pid_file(config)
+    audit = AuditLog(
+        text_path=config.audit_logs_target,
+        json_path=config.audit_logs_json_target,
+        boot_generation=0,
+        sozu_version=__version__,
+        colored=config.log_colored,
+    )
+    supervisor = Supervisor(
+        config,
+        prepared.state,
+        prepared.listeners,
+        prepared.command_socket,
+        audit,
+        request_counts=prepared.counts,
+        worker_command=worker_command,
+    )
+    _report_saved_state(config, prepared.saved)
+
+    def ready() -> None:
+        if report is not None:
+            report("ok")
+
+    code = int(ExitCode.FAILURE)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(supervisor.run(ready))
+    except KeyboardInterrupt:
+        code = int(ExitCode.FAILURE)
+    finally:
+        supervisor.workers.kill_all_now()
+        prepared.release()
+        audit.close()
+        if pid_file is not None:
+            _remove_pid_file(pid_file)
+        if report is not None and not supervisor.started:
+            report(f"error: {supervisor.startup_error or 'sozu stopped during start-up'}")
+        log.info("supervisor_stopped", code=code)
+    return code
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+# --- pid file ------------------------------------------------------------------------------
+
+
+def _write_pid_file(config: Config) -> Path | None:
+    if not config.pid_file_path:
+        return None
+    path = Path(config.pid_file_path).absolute()
+    try:
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as error:
+        log.error("pid_file_not_written", path=str(path), error=str(error))
+        return None
+    return path
+
+
+def _remove_pid_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+
+
+# --- daemonizing ---------------------------------------------------------------------------
+
+
+def _detach(preserve: list[int]) -> tuple[int | None, Callable[[str], None]]:
+    """Fork, and detach the child with python-daemon.
+
+    In the original process, returns (exit code, _) once the daemon reported `ok` (0) or an
+    error (1, printed on stderr). In the daemon, returns (None, report) where `report(text)`
+    sends that one status line to the original process.
+    """
+    import daemon
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        chunks = []
+        with os.fdopen(read_end, "rb") as status:
+            while chunk := status.read(4096):
+                chunks.append(chunk)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        text = b"".join(chunks).decode("utf-8", errors="replace").strip()
+        if text == "ok":
+            return int(ExitCode.OK), _ignore
+        print(text or "error: sozu exited during start-up", file=sys.stderr)
+        return int(ExitCode.FAILURE), _ignore
+    os.close(read_end)
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        context = daemon.DaemonContext(
+            working_directory=os.getcwd(),
+            umask=umask,
+            detach_process=True,
+            files_preserve=[write_end, *preserve],
+            signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
+        )
+        context.open()
+        # python-daemon points 0, 1 and 2 at /dev/null with descriptors that are close-on-exec
+        # when they land on their own number; workers must inherit them.
+        for fd in (0, 1, 2):
+            os.set_inheritable(fd, True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.write(write_end, f"error: cannot daemonize: {error}\n".encode())
+        os._exit(int(ExitCode.FAILURE))
+
+    def report(text: str) -> None:
+        nonlocal write_end
+        if write_end < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(write_end, (text + "\n").encode())
+            os.close(write_end)
+        write_end = -1
+
+    return None, report
+
+
+def _ignore(_text: str) -> None:
+    return None

@@ -1,0 +1,153 @@
+"""The listening sockets a worker holds, and the asyncio servers accepting on them.
+
+Workers never bind (DESIGN.md §2): the supervisor binds each listener and sends a copy of the
+socket over the scm socket, every active one in the start-up message, then one message per
+listener activated at runtime, sent just before the `ActivateListener` that uses it. This pool
+keeps the received sockets by (ListenerType, address text). Activating a listener hands its
+socket to `loop.create_server`, which then owns it; deactivating closes that server, so this
+worker's copy is closed and the listener needs a fresh socket to be activated again (the
+supervisor sends one, since it closes its own copy on deactivation too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeAlias
+
+from sozu.command.addresses import normalize
+from sozu.command.errors import AddressError, SozuError
+from sozu.command.logging import get_logger
+from sozu.command.proto import ListenerType
+from sozu.command.scm import KINDS, Listeners, ScmError, receive_listeners
+
+log = get_logger(__name__)
+
+Kind: TypeAlias = ListenerType.ValueType
+SCM_KINDS: dict[str, Kind] = {
+    "http": ListenerType.HTTP,
+    "tls": ListenerType.HTTPS,
+    "tcp": ListenerType.TCP,
+    "udp": ListenerType.UDP,
+}
+KIND_NAMES: dict[Kind, str] = {
+    ListenerType.HTTP: "HTTP",
+    ListenerType.HTTPS: "HTTPS",
+    ListenerType.TCP: "TCP",
+    ListenerType.UDP: "UDP",
+}
+BACKLOG = 1024
+
+Key = tuple[Kind, str]
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+class ListenerError(SozuError):
+    """A listener that cannot be activated."""
+
+
+def _canonical(address: str) -> str:
+    try:
+        return normalize(address)
+    except AddressError:
+        return address
+
+
+class ListenerPool:
+    """Received listening sockets (idle) and the servers accepting on activated ones."""
+
+    def __init__(self, scm: socket.socket, received: Listeners | None = None) -> None:
+        self.scm = scm
+        self._idle: dict[Key, socket.socket] = {}
+        self._servers: dict[Key, asyncio.AbstractServer] = {}
+        if received is not None:
+            self.add(received)
+
+    def add(self, listeners: Listeners) -> list[Key]:
+        """Keep the sockets of one SCM message (a newer socket replaces an idle older one)."""
+        added: list[Key] = []
+        for kind_name in KINDS:
+            kind = SCM_KINDS[kind_name]
+            for address, sock in listeners.by_kind(kind_name).items():
+                key = (kind, _canonical(address))
+                previous = self._idle.pop(key, None)
+                if previous is not None:
+                    previous.close()
+                self._idle[key] = sock
+                added.append(key)
+        return added
+
+    def holds(self, kind: Kind, address: str) -> bool:
+        return (kind, address) in self._idle
+
+    def serving(self, kind: Kind, address: str) -> bool:
+        return (kind, address) in self._servers
+
+    def active(self) -> list[Key]:
+        return sorted(self._servers)
+
+    async def receive(self, kind: Kind, address: str, timeout: float) -> bool:
+        """Read SCM messages until one brings (kind, address) or `timeout` runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        while not self.holds(kind, address):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                listeners = await loop.run_in_executor(None, receive_listeners, self.scm, remaining)
+            except ScmError as error:
+                log.warning("listener_not_received", address=address, error=str(error))
+                return False
+            keys = self.add(listeners)
+            log.info("listeners_received", addresses=[a for _, a in keys])
+        return True
+
+    async def activate(self, kind: Kind, address: str, factory: ProtocolFactory) -> None:
+        """Start accepting on a held socket; ListenerError when there is none or it fails."""
+        key = (kind, address)
+        if key in self._servers:
+            return
+        sock = self._idle.get(key)
+        if sock is None:
+            raise ListenerError(
+                f"no listening socket for {KIND_NAMES.get(kind, str(kind))} listener {address}: "
+                "the supervisor did not send one"
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            sock.setblocking(False)
+            server = await loop.create_server(factory, sock=sock, backlog=BACKLOG)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ListenerError(f"cannot accept on {address}: {error}") from None
+        del self._idle[key]
+        self._servers[key] = server
+
+    def deactivate(self, kind: Kind, address: str) -> bool:
+        """Stop accepting and close this worker's copy; True if it was accepting."""
+        server = self._servers.pop((kind, address), None)
+        if server is None:
+            return False
+        server.close()
+        return True
+
+    def remove(self, kind: Kind, address: str) -> None:
+        """Deactivate and forget the listener, closing any socket still held for it."""
+        self.deactivate(kind, address)
+        sock = self._idle.pop((kind, address), None)
+        if sock is not None:
+            sock.close()
+
+    def stop_accepting(self) -> None:
+        """Soft stop: no new connection on any listener; every held socket is closed."""
+        for key in list(self._servers):
+            self.deactivate(*key)
+        for sock in self._idle.values():
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._idle.clear()
+
+    close_all = stop_accepting

@@ -1,0 +1,1 @@
+"""Sans-io protocol pieces of the worker: bytes and decisions in, bytes out; no socket, no clock."""

@@ -1,0 +1,173 @@
+"""End-to-end fixtures: a real `sozu start` subprocess on a temporary config, driven by the CLI.
+
+Every process a test starts is stopped by pid when the test ends (supervisor first with SIGTERM,
+then whatever it left behind with SIGKILL), so a failing test leaves no worker serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sozu.command.channel import Channel
+from sozu.command.proto import Request, Response, ResponseStatus
+
+STARTUP_SECONDS = 30.0
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> object:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Sozu:
+    """One running supervisor and the means to talk to it."""
+
+    workdir: Path
+    config_path: Path
+    socket_path: Path
+    http_port: int
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / "sozu.log"
+
+    def start(self, wait_workers: int | None = None) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sozu", "-c", str(self.config_path), "start"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        log.close()
+        if wait_workers is not None:
+            wait_for(lambda: self.running_workers() == wait_workers, STARTUP_SECONDS,
+                     f"{wait_workers} running workers; log:\n{self.log()}")  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *words: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run `sozu -c CONFIG WORDS...` as an operator would."""
+        return subprocess.run(
+            [sys.executable, "-m", "sozu", "-c", str(self.config_path), *words],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.workdir,
+        )
+
+    def send(self, request: Request, timeout: float = 10.0) -> Response:
+        """Send one Request on a fresh connection and return the final (non-PROCESSING) answer."""
+        channel: Channel[Request, Response] = Channel.connect(str(self.socket_path), Response)
+        with channel:
+            channel.send(request)
+            while True:
+                response = channel.recv(timeout=timeout)
+                if response.status != ResponseStatus.PROCESSING:
+                    return response
+
+    def running_workers(self) -> int:
+        """Workers the supervisor reports RUNNING, 0 while it does not answer yet."""
+        from sozu.command.proto import ListWorkers, RunState
+
+        if not self.socket_path.exists():
+            return 0
+        try:
+            response = self.send(Request(list_workers=ListWorkers()), timeout=2)
+        except (OSError, Exception):
+            return 0
+        infos = response.content.workers.vec
+        return sum(1 for info in infos if info.run_state == RunState.RUNNING)
+
+    def worker_pids(self) -> list[int]:
+        if self.process is None:
+            return []
+        try:
+            return [child.pid for child in psutil.Process(self.process.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL whatever is left of the supervisor and its workers."""
+        if self.process is None:
+            return
+        leftovers = self.worker_pids()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+BASE_CONFIG = """
+command_socket = "sozu.sock"
+worker_count = {workers}
+worker_timeout = 5
+log_level = "info"
+{extra}
+
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:{http_port}"
+"""
+
+
+@pytest.fixture
+def make_sozu(tmp_path: Path) -> Iterator[Callable[..., Sozu]]:
+    """Factory: write a config (with an http listener on a free port) and start sozu on it."""
+    started: list[Sozu] = []
+
+    def make(workers: int = 2, extra: str = "", clusters: str = "", start: bool = True) -> Sozu:
+        workdir = tmp_path / f"sozu{len(started)}"
+        workdir.mkdir()
+        port = free_port()
+        config = workdir / "config.toml"
+        config.write_text(
+            BASE_CONFIG.format(workers=workers, extra=extra, http_port=port) + clusters
+        )
+        sozu = Sozu(workdir, config, workdir / "sozu.sock", port)
+        started.append(sozu)
+        if start:
+            sozu.start(wait_workers=workers)
+        return sozu
+
+    yield make
+    for sozu in started:
+        sozu.stop()
