@@ -1,51 +1,129 @@
 """`sozu demo`: sozu-py on its embedded demo configuration, for a newcomer's first minute.
 
-Until the supervisor and workers exist, the demo loads and validates the packaged demo config,
-shows what it sets up (the same Requests the supervisor will build the initial state from) and
-says plainly what is not built yet. Each later step makes it do more.
+It copies the packaged demo config into a private run folder (so the command socket is writable
+whatever the install), starts the demo backend and `sozu start` on that config, sends one request
+through the proxy and prints the answer, then prints the commands to try while it runs. Ctrl-C
+stops everything; `--once` stops right after the first answer (scripts and tests use it).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
-from sozu.command.config import Config, load_config
+from sozu.command.config import Config, HttpFrontendConfig, load_config
 from sozu.command.config import demo_config_path as packaged_demo_config
+from sozu.command.errors import SozuError
+from sozu.demo.backend import run_forever
 
-DEMO_CURL = "curl -H 'Host: localhost' http://127.0.0.1:8080/"
-NOT_BUILT = (
-    "not built yet: the supervisor and its workers (`sozu start`) and the proxying itself;\n"
-    "once they are, `sozu demo` starts them with a demo backend on 127.0.0.1:8081 and this\n"
-    f"line shows a proxied answer:\n    {DEMO_CURL}"
-)
+STARTUP_SECONDS = 30.0
 
 
-def describe(config: Config) -> list[str]:
-    """Human lines for what the configuration sets up."""
-    lines = [f"configuration: {config.config_path} (valid)"]
-    lines.append(f"command socket: {config.command_socket}")
-    lines.append(f"workers: {config.worker_count}")
-    for listener in config.listeners:
-        lines.append(f"listener: {listener.protocol.value} {listener.address}")
+def run_folder() -> Path:
+    """A folder only this user writes to, stable across runs so the printed commands stay valid."""
+    folder = Path(tempfile.gettempdir()) / f"sozu-demo-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def demo_config(args: argparse.Namespace) -> Path:
+    """The config to run: `-c FILE` when given, else a fresh copy of the packaged demo."""
+    if args.config:
+        return Path(args.config).resolve()
+    target = run_folder() / "demo.toml"
+    shutil.copyfile(packaged_demo_config(), target)
+    return target
+
+
+def first_http_frontend(config: Config) -> HttpFrontendConfig:
     for cluster in config.clusters:
-        lines.append(f"cluster: {cluster.cluster_id} ({cluster.load_balancing})")
         for frontend in cluster.frontends:
-            host = getattr(frontend, "hostname", None)
-            lines.append(f"  frontend: {frontend.address}" + (f" host {host}" if host else ""))
-        for backend in cluster.backends:
-            lines.append(f"  backend: {backend.backend_id} -> {backend.address}")
-    requests = config.to_requests()
-    kinds = ", ".join(sorted({r.content.WhichOneof("request_type") or "?" for r in requests}))
-    lines.append(f"initial state: {len(requests)} requests ({kinds})")
-    return lines
+            if isinstance(frontend, HttpFrontendConfig):
+                return frontend
+    raise SozuError(f"{config.config_path}: the demo needs an http frontend")
+
+
+def start_backend(config: Config) -> None:
+    """Serve the demo backend in a daemon thread on the first backend address of the config."""
+    address = config.clusters[0].backends[0].address
+    host, _, port = address.rpartition(":")
+    threading.Thread(
+        target=run_forever, args=(host.strip("[]"), int(port)), daemon=True, name="demo-backend"
+    ).start()
+
+
+def wait_ready(command: list[str], process: subprocess.Popen[bytes]) -> None:
+    """Poll `sozu status` until the supervisor answers, or fail if it died."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SozuError(f"sozu exited with code {process.returncode} during start-up")
+        status = subprocess.run([*command, "status"], capture_output=True, timeout=10)
+        if status.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise SozuError(f"sozu did not answer within {STARTUP_SECONDS:.0f} s")
+
+
+def fetch(frontend: HttpFrontendConfig) -> str:
+    """One request through the proxy, as the printed curl line sends it."""
+    host, _, port = frontend.address.rpartition(":")
+    connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+    try:
+        connection.request("GET", "/", headers={"Host": frontend.hostname})
+        answer = connection.getresponse()
+        body = answer.read().decode(errors="replace")
+        return f"HTTP/1.1 {answer.status} {answer.reason}\n{body}"
+    finally:
+        connection.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the demo like Ctrl-C does, so the supervisor is always shut down."""
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate and show the demo configuration (or the one given with -c)."""
-    config = load_config(args.config or packaged_demo_config())
-    for warning in config.warnings:
-        print(f"warning: {warning}")
-    print("\n".join(describe(config)))
-    print()
-    print(NOT_BUILT)
-    return 0
+    """Start the demo, show a proxied answer and how to talk to the proxy; stop on Ctrl-C."""
+    path = demo_config(args)
+    config = load_config(path)
+    frontend = first_http_frontend(config)
+    start_backend(config)
+    command = [sys.executable, "-m", "sozu", "-c", str(path)]
+    log_path = path.parent / "sozu.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([*command, "start"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(command, process)
+        curl = f"curl -H 'Host: {frontend.hostname}' http://{frontend.address}/"
+        print(f"sozu-py is running on {path} (supervisor pid {process.pid}, log {log_path})")
+        print(f"\n$ {curl}\n{fetch(frontend)}")
+        print("While it runs, try:")
+        print(f"  {curl}")
+        print(f"  sozu -c {path} status")
+        print(f"  sozu -c {path} cluster list")
+        print(f"  sozu -c {path} events")
+        if args.once:
+            return 0
+        print("Ctrl-C stops the demo.")
+        signal.signal(signal.SIGTERM, _interrupt)
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -619,5 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tree.leaf(limits, "show", "show the global limit", "connection-limit.show")
 
-    tree.leaf(commands, "demo", "run sozu on its embedded demo configuration", "demo")
+    demo = tree.leaf(commands, "demo", "run sozu on its embedded demo configuration", "demo")
+    demo.add_argument(
+        "--once",
+        action="store_true",
+        help="start, send one request through the proxy, print the answer and stop",
+    )
     return parser

@@ -29,7 +29,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def worker_views(sozu: Sozu, cluster_id: str) -> dict[str, int]:
-    """Per worker (not main): how many clusters named `cluster_id` it knows (queried from each worker)."""
+    """Per worker (main excluded): how many clusters named `cluster_id` it knows."""
     response = sozu.send(Request(query_cluster_by_id=cluster_id))
     assert response.status == ResponseStatus.OK, response.message
     views = response.content.worker_responses.map

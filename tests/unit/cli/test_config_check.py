@@ -84,11 +84,3 @@ def test_missing_file_and_missing_flag(tmp_path: Path) -> None:
 def test_config_from_environment(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "SOZU_CONFIG": str(write(tmp_path, VALID))}
     assert sozu("config", "check", env=env).returncode == 0
-
-
-def test_demo_validates_the_embedded_config() -> None:
-    result = sozu("demo")
-    assert result.returncode == 0, result.stderr
-    assert "(valid)" in result.stdout
-    assert "curl -H 'Host: localhost' http://127.0.0.1:8080/" in result.stdout
-    assert "backend: demo-0-127.0.0.1:8081" in result.stdout
