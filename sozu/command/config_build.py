@@ -56,8 +56,10 @@ from sozu.command.config_reader import (
     join,
     show,
 )
+from sozu.command.state import udp_only_message
 
 _LOAD_BALANCING = ("ROUND_ROBIN", "RANDOM", "LEAST_LOADED", "POWER_OF_TWO", "HRW", "MAGLEV")
+_UDP_ONLY_LOAD_BALANCING = ("HRW", "MAGLEV")
 _LOAD_METRICS = ("CONNECTIONS", "REQUESTS", "CONNECTION_TIME")
 _PATH_TYPES = ("PREFIX", "REGEX", "EQUALS")
 _POSITIONS = ("PRE", "POST", "TREE")
@@ -491,6 +493,10 @@ class _Builder:
 
         hashes = table.strings("authorized_hashes")
         is_http = protocol is ClusterProtocol.HTTP
+        load_balancing = table.choice("load_balancing", _LOAD_BALANCING) or "ROUND_ROBIN"
+        udp = _parse_udp_cluster(table)
+        if load_balancing in _UDP_ONLY_LOAD_BALANCING and udp is None:
+            raise table.error("load_balancing", udp_only_message(load_balancing))
         return ClusterConfig(
             cluster_id=cluster_id,
             protocol=protocol,
@@ -499,7 +505,7 @@ class _Builder:
             sticky_session=is_http and bool(table.boolean("sticky_session")),
             https_redirect=is_http and bool(table.boolean("https_redirect")),
             proxy_protocol=proxy_protocol,
-            load_balancing=table.choice("load_balancing", _LOAD_BALANCING) or "ROUND_ROBIN",
+            load_balancing=load_balancing,
             load_metric=table.choice("load_metric", _LOAD_METRICS),
             answer_503=answer_503,
             http2=table.boolean("http2") if is_http else None,
@@ -510,7 +516,7 @@ class _Builder:
             max_connections_per_ip=table.integer("max_connections_per_ip", U64_MAX),
             retry_after=table.integer("retry_after", U32_MAX),
             health_check=_parse_health_check(table),
-            udp=_parse_udp_cluster(table),
+            udp=udp,
         )
 
     def _tcp_frontend(self, table: Table, inherited: _Globals) -> TcpFrontendConfig:

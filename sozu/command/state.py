@@ -48,6 +48,7 @@ from sozu.command.proto import (
     ListedFrontends,
     ListenersList,
     ListenerType,
+    LoadBalancingAlgorithms,
     QueryCertificatesFilters,
     RemoveBackend,
     RemoveCertificate,
@@ -145,6 +146,17 @@ class Applied(enum.Enum):
     CHANGED = "changed"
     UNCHANGED = "unchanged"  # a state request that found the state already as asked
     IGNORED = "ignored"  # a query or runtime request: accepted, never stored (as Sōzu)
+
+
+_UDP_ONLY_ALGORITHMS = (LoadBalancingAlgorithms.HRW, LoadBalancingAlgorithms.MAGLEV)
+
+
+def udp_only_message(algorithm: str) -> str:
+    """Why an HTTP or TCP cluster cannot use a flow-hashing algorithm (shared with the config)."""
+    return (
+        f"{algorithm} load balancing is only for UDP clusters, which sozu-py does not serve yet; "
+        "use ROUND_ROBIN, RANDOM, LEAST_LOADED or POWER_OF_TWO"
+    )
 
 
 class StateErrorKind(enum.Enum):
@@ -527,6 +539,9 @@ class ConfigState:
         )
 
     def _add_cluster(self, cluster: Cluster) -> Applied:
+        if cluster.load_balancing in _UDP_ONLY_ALGORITHMS and not cluster.HasField("udp"):
+            name = LoadBalancingAlgorithms.Name(cluster.load_balancing)
+            raise StateError(StateErrorKind.INVALID_VALUE, udp_only_message(name))
         if cluster.HasField("health_check"):
             _check_health_check(cluster.health_check)
         stored = canonical(cluster)

@@ -687,9 +687,7 @@ def test_backend_id_default_uses_the_canonical_address(tmp_path: Path) -> None:
     assert ids == ["app-0-[::1]:80", "app-1-127.0.0.1:81"]
 
 
-@pytest.mark.parametrize(
-    "name", ["ROUND_ROBIN", "RANDOM", "LEAST_LOADED", "POWER_OF_TWO", "HRW", "MAGLEV"]
-)
+@pytest.mark.parametrize("name", ["ROUND_ROBIN", "RANDOM", "LEAST_LOADED", "POWER_OF_TWO"])
 def test_load_balancing_spellings(tmp_path: Path, name: str) -> None:
     config = load_text(
         tmp_path,
@@ -698,6 +696,13 @@ def test_load_balancing_spellings(tmp_path: Path, name: str) -> None:
     )
     cluster = config.to_requests()[0].content.add_cluster
     assert cluster.load_balancing == LoadBalancingAlgorithms.Value(name)
+
+
+@pytest.mark.parametrize("name", ["HRW", "MAGLEV"])
+def test_flow_hashing_load_balancing_is_refused_outside_udp(tmp_path: Path, name: str) -> None:
+    text = f'[clusters.app]\nprotocol = "tcp"\nload_balancing = "{name}"\nfrontends = []\n'
+    message = error_of(tmp_path, text + "backends = []\n")
+    assert message.startswith(f"clusters.app.load_balancing: {name} load balancing is only for UDP")
 
 
 def test_load_balancing_defaults_to_round_robin_and_is_upper_case(tmp_path: Path) -> None:

@@ -1126,3 +1126,20 @@ StateMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestStateMachine = StateMachine.TestCase
+
+
+def test_flow_hashing_algorithms_need_a_udp_cluster() -> None:
+    from sozu.command.proto import Cluster, LoadBalancingAlgorithms, Request, UdpClusterConfig
+
+    for algorithm in (LoadBalancingAlgorithms.HRW, LoadBalancingAlgorithms.MAGLEV):
+        state = ConfigState()
+        cluster = Cluster(
+            cluster_id="c", sticky_session=False, https_redirect=False, load_balancing=algorithm
+        )
+        with pytest.raises(StateError) as refused:
+            state.apply(Request(add_cluster=cluster))
+        assert refused.value.kind is StateErrorKind.INVALID_VALUE
+        assert "only for UDP clusters" in str(refused.value)
+        assert state == ConfigState()
+        cluster.udp.CopyFrom(UdpClusterConfig())
+        assert state.apply(Request(add_cluster=cluster)) is not None

@@ -222,7 +222,7 @@ def full_state() -> ConfigState:
         sticky_session=True,
         https_redirect=True,
         proxy_protocol=ProxyProtocolConfig.SEND_HEADER,
-        load_balancing=LoadBalancingAlgorithms.MAGLEV,
+        load_balancing=LoadBalancingAlgorithms.POWER_OF_TWO,
         answer_503="busy",
         load_metric=LoadMetric.CONNECTION_TIME,
         http2=True,
