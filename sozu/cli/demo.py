@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from sozu.command.addresses import parse_address
 from sozu.command.config import Config, HttpFrontendConfig, load_config
 from sozu.command.config import demo_config_path as packaged_demo_config
 from sozu.command.errors import SozuError
@@ -54,10 +55,9 @@ def first_http_frontend(config: Config) -> HttpFrontendConfig:
 
 def start_backend(config: Config) -> None:
     """Serve the demo backend in a daemon thread on the first backend address of the config."""
-    address = config.clusters[0].backends[0].address
-    host, _, port = address.rpartition(":")
+    ip, port = parse_address(config.clusters[0].backends[0].address)
     threading.Thread(
-        target=run_forever, args=(host.strip("[]"), int(port)), daemon=True, name="demo-backend"
+        target=run_forever, args=(str(ip), port), daemon=True, name="demo-backend"
     ).start()
 
 
@@ -76,8 +76,8 @@ def wait_ready(command: list[str], process: subprocess.Popen[bytes]) -> None:
 
 def fetch(frontend: HttpFrontendConfig) -> str:
     """One request through the proxy, as the printed curl line sends it."""
-    host, _, port = frontend.address.rpartition(":")
-    connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+    ip, port = parse_address(frontend.address)
+    connection = http.client.HTTPConnection(str(ip), port, timeout=10)
     try:
         connection.request("GET", "/", headers={"Host": frontend.hostname})
         answer = connection.getresponse()

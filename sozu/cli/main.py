@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sozu.cli import demo, render
 from sozu.cli import request_builder as rb
-from sozu.cli.client import Client, ClientError, RequestFailed
+from sozu.cli.client import Client, ClientError
 from sozu.cli.parser import build_parser
 from sozu.command.config import Config, load_config
 from sozu.command.errors import ExitCode, SozuError
@@ -215,10 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = handler_for(args)
     try:
         return int(handler(args))
-    except RequestFailed as failure:
-        print(f"error: {failure}", file=sys.stderr)
-        return int(ExitCode.FAILURE)
-    except SozuError as error:
+    except SozuError as error:  # RequestFailed and every ClientError included
         print(f"error: {error}", file=sys.stderr)
         return int(ExitCode.FAILURE)
     except KeyboardInterrupt:

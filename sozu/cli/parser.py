@@ -14,6 +14,7 @@ from typing import Any
 
 from sozu import __version__
 from sozu.cli import request_builder as rb
+from sozu.command.config_model import H2_U32_KNOBS, H2_U64_KNOBS
 
 _ACTIONS = "SUBCOMMAND"
 
@@ -151,10 +152,10 @@ def _timeouts(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
 
 
 def _h2_and_answers(parser: argparse.ArgumentParser) -> None:
-    for knob in (*rb.H2_U32_KNOBS, *rb.H2_U64_KNOBS):
+    for knob in (*H2_U32_KNOBS, *H2_U64_KNOBS):
         parser.add_argument(
             "--" + knob.replace("_", "-"),
-            type=rb.u64 if knob in rb.H2_U64_KNOBS else rb.u32,
+            type=rb.u64 if knob in H2_U64_KNOBS else rb.u32,
             metavar="N",
             help=f"HTTP/2 tuning: {knob.removeprefix('h2_')}",
         )

@@ -182,62 +182,53 @@ def _sorted_listeners(listeners: Mapping[str, Any]) -> list[Any]:
     return [listeners[key] for key in sorted(listeners)]
 
 
+_HTTP_LISTENER_HEADERS = (
+    "address",
+    "public address",
+    "active",
+    "expect proxy",
+    "sticky name",
+    "front",
+    "back",
+    "connect",
+    "request",
+)
+
+
+def _http_listener_cells(listener: Any) -> tuple[object, ...]:
+    """The columns that HTTP and HTTPS listeners share (`_HTTP_LISTENER_HEADERS`)."""
+    return (
+        address(listener.address),
+        _optional_address(listener, "public_address"),
+        _yes(listener.active),
+        _yes(listener.expect_proxy),
+        listener.sticky_name,
+        listener.front_timeout,
+        listener.back_timeout,
+        listener.connect_timeout,
+        listener.request_timeout,
+    )
+
+
 def listeners(listed: ListenersList) -> str:
     rows: list[tuple[object, ...]]
     headers: tuple[str, ...]
     parts = []
-    timeouts = ("front", "back", "connect", "request")
     if listed.http_listeners:
         rows = [
-            (
-                address(listener.address),
-                _optional_address(listener, "public_address"),
-                _yes(listener.active),
-                _yes(listener.expect_proxy),
-                listener.sticky_name,
-                listener.front_timeout,
-                listener.back_timeout,
-                listener.connect_timeout,
-                listener.request_timeout,
-            )
-            for listener in _sorted_listeners(listed.http_listeners)
+            _http_listener_cells(listener) for listener in _sorted_listeners(listed.http_listeners)
         ]
-        headers = (
-            "address",
-            "public address",
-            "active",
-            "expect proxy",
-            "sticky name",
-            *timeouts,
-        )
-        parts.append(_section("HTTP listeners", table(headers, rows)))
+        parts.append(_section("HTTP listeners", table(_HTTP_LISTENER_HEADERS, rows)))
     if listed.https_listeners:
         rows = [
             (
-                address(listener.address),
-                _optional_address(listener, "public_address"),
-                _yes(listener.active),
-                _yes(listener.expect_proxy),
-                listener.sticky_name,
-                listener.front_timeout,
-                listener.back_timeout,
-                listener.connect_timeout,
-                listener.request_timeout,
+                *_http_listener_cells(listener),
                 ",".join(TlsVersion.Name(v) for v in listener.versions),
                 ",".join(listener.alpn_protocols),
             )
             for listener in _sorted_listeners(listed.https_listeners)
         ]
-        headers = (
-            "address",
-            "public address",
-            "active",
-            "expect proxy",
-            "sticky name",
-            *timeouts,
-            "tls versions",
-            "alpn",
-        )
+        headers = (*_HTTP_LISTENER_HEADERS, "tls versions", "alpn")
         parts.append(_section("HTTPS listeners", table(headers, rows)))
     if listed.tcp_listeners:
         rows = [

@@ -14,6 +14,7 @@ tested like the rest.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -28,6 +29,9 @@ from sozu.command.config_model import (
     DEFAULT_STICKY_NAME,
     DEFAULT_UDP_MAX_RX_DATAGRAM_SIZE,
     DEFAULT_UDP_TIMEOUT,
+    H2_U32_KNOBS,
+    H2_U64_KNOBS,
+    TLS_VERSIONS,
 )
 from sozu.command.errors import SozuError
 from sozu.command.proto import (
@@ -85,6 +89,7 @@ from sozu.command.proto import (
     UpdateUdpListenerConfig,
     UpgradeMain,
 )
+from sozu.command.state import StateError, check_health_check, is_header_name
 
 
 class InvalidInput(SozuError):
@@ -116,14 +121,6 @@ TLS_VERSION_NAMES = {
     "TLS_V12": "TLS_V12",
     "TLS_V13": "TLS_V13",
 }
-_TLS_VERSION_VALUES = {
-    "SSL_V2": "SSL_V2",
-    "SSL_V3": "SSL_V3",
-    "TLS_V10": "TLS_V1_0",
-    "TLS_V11": "TLS_V1_1",
-    "TLS_V12": "TLS_V1_2",
-    "TLS_V13": "TLS_V1_3",
-}
 _DEPRECATED_TLS = {"SSL_V2", "SSL_V3", "TLS_V10", "TLS_V11"}
 
 REDIRECT_POLICIES = {
@@ -147,7 +144,6 @@ _HEADER_POSITIONS = {
     "response": HeaderPosition.RESPONSE,
     "both": HeaderPosition.BOTH,
 }
-_TOKEN_PUNCTUATION = frozenset("!#$%&'*+-.^_`|~")
 _HEX = frozenset("0123456789abcdef")
 
 LISTENER_TYPES = {
@@ -157,30 +153,14 @@ LISTENER_TYPES = {
     "udp": ListenerType.UDP,
 }
 
-# `listener http|https update` knobs: flag dest -> proto field (same name) and integer width.
-H2_U32_KNOBS = (
-    "h2_max_rst_stream_per_window",
-    "h2_max_ping_per_window",
-    "h2_max_settings_per_window",
-    "h2_max_empty_data_per_window",
-    "h2_max_continuation_frames",
-    "h2_max_glitch_count",
-    "h2_initial_connection_window",
-    "h2_max_concurrent_streams",
-    "h2_stream_shrink_ratio",
-    "h2_max_header_list_size",
-    "h2_max_header_table_size",
-    "h2_max_header_fields",
-    "h2_stream_idle_timeout_seconds",
-    "h2_graceful_shutdown_deadline_seconds",
-    "h2_max_window_update_stream0_per_window",
-)
-H2_U64_KNOBS = (
-    "h2_max_rst_stream_lifetime",
-    "h2_max_rst_stream_abusive_lifetime",
-    "h2_max_rst_stream_emitted_lifetime",
-)
 UPDATE_ANSWER_CODES = ("301", "401", "404", "408", "413", "421", "429", "502", "503", "504", "507")
+
+# The config file's top-level defaults (Sōzu's), used when the CLI runs without a config file.
+_CONFIG_DEFAULTS = {
+    item.name: item.default
+    for item in dataclasses.fields(Config)
+    if item.default is not dataclasses.MISSING
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +279,7 @@ def _tls_versions(names: list[str], default: tuple[str, ...] | None) -> tuple[st
 
 
 def _tls_values(names: Iterable[str]) -> list[TlsVersion.ValueType]:
-    return [TlsVersion.Value(_TLS_VERSION_VALUES[name]) for name in names]
+    return [TlsVersion.Value(TLS_VERSIONS[name]) for name in names]
 
 
 def path_rule(args: argparse.Namespace) -> PathRule:
@@ -316,10 +296,6 @@ def path_rule(args: argparse.Namespace) -> PathRule:
 def _route(args: argparse.Namespace) -> str | None:
     """`id <CLUSTER_ID>` -> the cluster id; `deny` -> None (a deny rule)."""
     return args.cluster_id if args.route == "id" else None
-
-
-def _is_header_name(key: str) -> bool:
-    return bool(key) and all((c.isascii() and c.isalnum()) or c in _TOKEN_PUNCTUATION for c in key)
 
 
 def _has_control_byte(value: str) -> bool:
@@ -339,7 +315,7 @@ def headers(raw_headers: list[str] | None) -> list[Header]:
             raise InvalidInput(
                 f"--header[{index}]: position {position!r} is not request, response or both"
             )
-        if not _is_header_name(key):
+        if not is_header_name(key):
             raise InvalidInput(
                 f"--header[{index}]: {key!r} is not a valid header name (RFC 9110 token)"
             )
@@ -431,17 +407,11 @@ def _timeouts(
     args: argparse.Namespace, config: Config | None, names: Iterable[str]
 ) -> dict[str, Any]:
     """Listener timeouts: the flag, else the config file's global value, else Sōzu's default."""
-    defaults = {
-        "front_timeout": 60,
-        "back_timeout": 30,
-        "connect_timeout": 3,
-        "request_timeout": 10,
-    }
     result = {}
     for name in names:
         value = getattr(args, name, None)
         if value is None:
-            value = getattr(config, name) if config is not None else defaults[name]
+            value = getattr(config, name) if config is not None else _CONFIG_DEFAULTS[name]
         result[name] = value
     return result
 
@@ -574,13 +544,10 @@ def health_check_set(args: argparse.Namespace, config: Config | None) -> Request
         unhealthy_threshold=args.unhealthy_threshold,
         expected_status=args.expected_status,
     )
-    for name in ("interval", "timeout", "healthy_threshold", "unhealthy_threshold"):
-        if getattr(check, name) == 0:
-            raise InvalidInput(f"health check {name} must be > 0")
-    if not check.uri.startswith("/"):
-        raise InvalidInput("health check URI must start with '/'")
-    if any(ord(c) < 0x20 and c != "\t" for c in check.uri):
-        raise InvalidInput("health check URI must not contain control characters")
+    try:
+        check_health_check(check)
+    except StateError as error:
+        raise InvalidInput(error.message) from None
     if check.timeout >= check.interval:
         _warn(
             f"health check timeout ({check.timeout}s) >= interval ({check.interval}s), "
@@ -638,12 +605,7 @@ def http_frontend(args: argparse.Namespace) -> RequestHttpFrontend:
                 "use-https"
             )
     return RequestHttpFrontend(
-        cluster_id=_route(args),
-        address=addresses.to_proto(args.address),
-        hostname=args.hostname,
-        path=path_rule(args),
-        method=args.method,
-        position=RulePosition.TREE,
+        **_http_frontend_match(args),
         tags=args.tags or {},
         redirect=redirect,
         redirect_scheme=scheme,
@@ -657,8 +619,9 @@ def http_frontend(args: argparse.Namespace) -> RequestHttpFrontend:
     )
 
 
-def _removed_http_frontend(args: argparse.Namespace) -> RequestHttpFrontend:
-    return RequestHttpFrontend(
+def _http_frontend_match(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields that name an HTTP(S) frontend: all that `frontend http|https remove` sends."""
+    return dict(
         cluster_id=_route(args),
         address=addresses.to_proto(args.address),
         hostname=args.hostname,
@@ -666,6 +629,10 @@ def _removed_http_frontend(args: argparse.Namespace) -> RequestHttpFrontend:
         method=args.method,
         position=RulePosition.TREE,
     )
+
+
+def _removed_http_frontend(args: argparse.Namespace) -> RequestHttpFrontend:
+    return RequestHttpFrontend(**_http_frontend_match(args))
 
 
 def frontend_http_add(args: argparse.Namespace, config: Config | None) -> Request:
@@ -733,34 +700,13 @@ def _listener_answers(args: argparse.Namespace) -> dict[str, str]:
     return answers
 
 
-def listener_http_add(args: argparse.Namespace, config: Config | None) -> Request:
+def _http_listener(
+    args: argparse.Namespace, config: Config | None, protocol: ListenerProtocol, **tls: Any
+) -> Request:
+    """The AddHttpListener / AddHttpsListener of `listener http|https add`."""
     answers = _listener_answers(args)
     listener = ListenerConfig(
-        protocol=ListenerProtocol.HTTP,
-        address=args.address,
-        public_address=args.public_address,
-        expect_proxy=args.expect_proxy,
-        sticky_name=args.sticky_name or DEFAULT_STICKY_NAME,
-        custom_answers=answers,
-        answers=dict(answers),
-        **_timeouts(
-            args, config, ("front_timeout", "back_timeout", "connect_timeout", "request_timeout")
-        ),
-    )
-    return listener.to_request()
-
-
-def listener_https_add(args: argparse.Namespace, config: Config | None) -> Request:
-    answers = _listener_answers(args)
-    tls: dict[str, Any] = {}
-    versions = _tls_versions(_flatten(args.tls_versions), None)
-    if versions is not None:
-        tls["tls_versions"] = versions
-    ciphers = _flatten(args.cipher_list)
-    if ciphers:
-        tls["cipher_list"] = tuple(ciphers)
-    listener = ListenerConfig(
-        protocol=ListenerProtocol.HTTPS,
+        protocol=protocol,
         address=args.address,
         public_address=args.public_address,
         expect_proxy=args.expect_proxy,
@@ -773,6 +719,21 @@ def listener_https_add(args: argparse.Namespace, config: Config | None) -> Reque
         ),
     )
     return listener.to_request()
+
+
+def listener_http_add(args: argparse.Namespace, config: Config | None) -> Request:
+    return _http_listener(args, config, ListenerProtocol.HTTP)
+
+
+def listener_https_add(args: argparse.Namespace, config: Config | None) -> Request:
+    tls: dict[str, Any] = {}
+    versions = _tls_versions(_flatten(args.tls_versions), None)
+    if versions is not None:
+        tls["tls_versions"] = versions
+    ciphers = _flatten(args.cipher_list)
+    if ciphers:
+        tls["cipher_list"] = tuple(ciphers)
+    return _http_listener(args, config, ListenerProtocol.HTTPS, **tls)
 
 
 def listener_tcp_add(args: argparse.Namespace, config: Config | None) -> Request:
@@ -790,7 +751,7 @@ def listener_udp_add(args: argparse.Namespace, config: Config | None) -> Request
     size = args.max_rx_datagram_size
     if size is None:
         size = DEFAULT_UDP_MAX_RX_DATAGRAM_SIZE
-    buffer_size = config.buffer_size if config is not None else 16_393
+    buffer_size = config.buffer_size if config is not None else _CONFIG_DEFAULTS["buffer_size"]
     if size > buffer_size:
         _warn(f"max_rx_datagram_size {size} is over buffer_size, lowered to {buffer_size}")
         size = buffer_size
@@ -838,22 +799,25 @@ def _public(args: argparse.Namespace) -> Any:
     return addresses.to_proto(args.public_address) if args.public_address else None
 
 
-def listener_http_update(args: argparse.Namespace, config: Config | None) -> Request:
-    return Request(
-        update_http_listener=UpdateHttpListenerConfig(
-            address=addresses.to_proto(args.address),
-            public_address=_public(args),
-            expect_proxy=args.expect_proxy,
-            sticky_name=args.sticky_name,
-            front_timeout=args.front_timeout,
-            back_timeout=args.back_timeout,
-            connect_timeout=args.connect_timeout,
-            request_timeout=args.request_timeout,
-            http_answers=_http_answers(args),
-            sozu_id_header=args.sozu_id_header,
-            **_h2_knobs(args),
-        )
+def _http_update_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields that `listener http update` and `listener https update` share."""
+    return dict(
+        address=addresses.to_proto(args.address),
+        public_address=_public(args),
+        expect_proxy=args.expect_proxy,
+        sticky_name=args.sticky_name,
+        front_timeout=args.front_timeout,
+        back_timeout=args.back_timeout,
+        connect_timeout=args.connect_timeout,
+        request_timeout=args.request_timeout,
+        http_answers=_http_answers(args),
+        sozu_id_header=args.sozu_id_header,
+        **_h2_knobs(args),
     )
+
+
+def listener_http_update(args: argparse.Namespace, config: Config | None) -> Request:
+    return Request(update_http_listener=UpdateHttpListenerConfig(**_http_update_fields(args)))
 
 
 def listener_https_update(args: argparse.Namespace, config: Config | None) -> Request:
@@ -866,21 +830,11 @@ def listener_https_update(args: argparse.Namespace, config: Config | None) -> Re
         alpn = AlpnProtocols(values=_flatten(args.alpn_protocols))
     return Request(
         update_https_listener=UpdateHttpsListenerConfig(
-            address=addresses.to_proto(args.address),
-            public_address=_public(args),
-            expect_proxy=args.expect_proxy,
-            sticky_name=args.sticky_name,
-            front_timeout=args.front_timeout,
-            back_timeout=args.back_timeout,
-            connect_timeout=args.connect_timeout,
-            request_timeout=args.request_timeout,
-            http_answers=_http_answers(args),
             alpn_protocols=alpn,
             strict_sni_binding=args.strict_sni_binding,
             disable_http11=args.disable_http11,
-            sozu_id_header=args.sozu_id_header,
             hsts=hsts(args),
-            **_h2_knobs(args),
+            **_http_update_fields(args),
         )
     )
 

@@ -199,11 +199,18 @@ class AsyncChannel(Generic[Tx, Rx]):
         reader, writer = await asyncio.open_unix_connection(path, limit=max_buffer_size)
         return cls(reader, writer, rx_type, buffer_size, max_buffer_size)
 
-    async def send(self, message: Tx) -> None:
-        """Write one framed message and wait until the transport drained below its mark."""
+    def send_nowait(self, message: Tx) -> None:
+        """Queue one framed message on the transport without waiting for it to drain."""
         frame = encode_message(message, self.max_buffer_size)
         try:
             self.writer.write(frame)
+        except (OSError, RuntimeError) as error:
+            raise FrameError(FrameErrorKind.IO, f"write failed: {error}") from None
+
+    async def send(self, message: Tx) -> None:
+        """Write one framed message and wait until the transport drained below its mark."""
+        self.send_nowait(message)
+        try:
             await self.writer.drain()
         except (OSError, RuntimeError) as error:
             raise FrameError(FrameErrorKind.IO, f"write failed: {error}") from None

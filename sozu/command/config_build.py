@@ -29,6 +29,8 @@ from sozu.command.config_model import (
     DEFAULT_UDP_MAX_RX_DATAGRAM_SIZE,
     DEFAULT_UDP_TIMEOUT,
     H2_MIN_BUFFER_SIZE,
+    H2_U32_KNOBS,
+    H2_U64_KNOBS,
     SLAB_ENTRIES_RANGE,
     TLS_VERSIONS,
     BackendConfig,
@@ -56,7 +58,7 @@ from sozu.command.config_reader import (
     join,
     show,
 )
-from sozu.command.state import udp_only_message
+from sozu.command.state import is_header_name, udp_only_message
 
 _LOAD_BALANCING = ("ROUND_ROBIN", "RANDOM", "LEAST_LOADED", "POWER_OF_TWO", "HRW", "MAGLEV")
 _UDP_ONLY_LOAD_BALANCING = ("HRW", "MAGLEV")
@@ -86,7 +88,6 @@ _LEGACY_ANSWER_CODES = (
     "301", "400", "401", "404", "408", "413", "421", "502", "503", "504", "507", "429",
 )
 # fmt: on
-_HEADER_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_FILE_SIZE = 16 * 1024 * 1024
 
@@ -128,22 +129,11 @@ _METRICS_KEYS = frozenset(("address", "tagged_metrics", "prefix", "detail"))
 _HSTS_KEYS = frozenset((
     "enabled", "max_age", "include_subdomains", "preload", "force_replace_backend",
 ))
-_H2_U32 = (
-    "h2_max_rst_stream_per_window", "h2_max_ping_per_window", "h2_max_settings_per_window",
-    "h2_max_empty_data_per_window", "h2_max_window_update_stream0_per_window",
-    "h2_max_continuation_frames", "h2_max_glitch_count", "h2_initial_connection_window",
-    "h2_max_concurrent_streams", "h2_stream_shrink_ratio", "h2_max_header_list_size",
-    "h2_max_header_table_size", "h2_max_header_fields", "h2_stream_idle_timeout_seconds",
-    "h2_graceful_shutdown_deadline_seconds",
-)
-_H2_U64 = (
-    "h2_max_rst_stream_lifetime", "h2_max_rst_stream_abusive_lifetime",
-    "h2_max_rst_stream_emitted_lifetime",
-)
 _LISTENER_TIMEOUTS = ("front_timeout", "back_timeout", "connect_timeout", "request_timeout")
 _LISTENER_COMMON = frozenset(("address", "protocol", "public_address"))
 _HTTP_LISTENER_KEYS = _LISTENER_COMMON | {
-    *_LISTENER_TIMEOUTS, *_H2_U32, *_H2_U64, *(f"answer_{code}" for code in _LEGACY_ANSWER_CODES),
+    *_LISTENER_TIMEOUTS, *H2_U32_KNOBS, *H2_U64_KNOBS,
+    *(f"answer_{code}" for code in _LEGACY_ANSWER_CODES),
     "expect_proxy", "sticky_name", "answers", "sozu_id_header", "elide_x_real_ip",
     "send_x_real_ip", "hsts",
 }
@@ -611,7 +601,7 @@ class _Builder:
             )
             name = header.required("key", header.string("key"))
             value = header.required("value", header.string("value"))
-            if not _HEADER_TOKEN.fullmatch(name):
+            if not is_header_name(name):
                 raise header.error("key", f"invalid header name {show(name)}")
             if _FORBIDDEN_HEADER_VALUE.search(value):
                 raise header.error("value", "control characters are not allowed in a header")
@@ -665,8 +655,8 @@ def _parse_listener(table: Table, inherited: _Globals) -> ListenerConfig:
         table.warn(key, f"ignored on a {protocol} listener")
 
     timeouts = {key: table.integer(key, U32_MAX) for key in _LISTENER_TIMEOUTS}
-    h2 = {key: table.integer(key, U32_MAX) for key in _H2_U32}
-    h2.update({key: table.integer(key, U64_MAX) for key in _H2_U64})
+    h2 = {key: table.integer(key, U32_MAX) for key in H2_U32_KNOBS}
+    h2.update({key: table.integer(key, U64_MAX) for key in H2_U64_KNOBS})
     sticky_name = table.string("sticky_name") or DEFAULT_STICKY_NAME
     sozu_id_header = table.string("sozu_id_header")
     elide_x_real_ip = bool(table.boolean("elide_x_real_ip"))
@@ -699,17 +689,18 @@ def _parse_listener(table: Table, inherited: _Globals) -> ListenerConfig:
     back = _default(timeouts["back_timeout"], inherited.back_timeout)
     connect = _default(timeouts["connect_timeout"], inherited.connect_timeout)
     request = _default(timeouts["request_timeout"], inherited.request_timeout)
+    common: dict[str, Any] = dict(
+        protocol=protocol,
+        address=address,
+        public_address=public_address,
+        expect_proxy=bool(expect_proxy),
+        front_timeout=front,
+        back_timeout=back,
+        connect_timeout=connect,
+        request_timeout=request,
+    )
     if protocol is ListenerProtocol.TCP:
-        return ListenerConfig(
-            protocol=protocol,
-            address=address,
-            public_address=public_address,
-            expect_proxy=bool(expect_proxy),
-            front_timeout=front,
-            back_timeout=back,
-            connect_timeout=connect,
-            request_timeout=request,
-        )
+        return ListenerConfig(**common)
 
     custom_answers = {}
     for code in _LEGACY_ANSWER_CODES:
@@ -718,15 +709,8 @@ def _parse_listener(table: Table, inherited: _Globals) -> ListenerConfig:
             custom_answers[code] = _read_file(table, f"answer_{code}", answer_path)
     answers = {**custom_answers, **_load_answers(table, "answers")}
     http_values: dict[str, Any] = dict(
-        protocol=protocol,
-        address=address,
-        public_address=public_address,
-        expect_proxy=bool(expect_proxy),
+        common,
         sticky_name=sticky_name,
-        front_timeout=front,
-        back_timeout=back,
-        connect_timeout=connect,
-        request_timeout=request,
         custom_answers=custom_answers,
         answers=answers,
         elide_x_real_ip=elide_x_real_ip,

@@ -92,6 +92,31 @@ DEFAULT_BACKEND_WEIGHT = 100
 H2_MIN_BUFFER_SIZE = 16_393
 SLAB_ENTRIES_RANGE = (2, 32)
 
+# HTTP/2 tuning of HTTP(S) listeners: the TOML key, the `listener update` flag's dest and the
+# protobuf field share the name; u32 and u64 are the integer widths.
+H2_U32_KNOBS = (
+    "h2_max_rst_stream_per_window",
+    "h2_max_ping_per_window",
+    "h2_max_settings_per_window",
+    "h2_max_empty_data_per_window",
+    "h2_max_window_update_stream0_per_window",
+    "h2_max_continuation_frames",
+    "h2_max_glitch_count",
+    "h2_initial_connection_window",
+    "h2_max_concurrent_streams",
+    "h2_stream_shrink_ratio",
+    "h2_max_header_list_size",
+    "h2_max_header_table_size",
+    "h2_max_header_fields",
+    "h2_stream_idle_timeout_seconds",
+    "h2_graceful_shutdown_deadline_seconds",
+)
+H2_U64_KNOBS = (
+    "h2_max_rst_stream_lifetime",
+    "h2_max_rst_stream_abusive_lifetime",
+    "h2_max_rst_stream_emitted_lifetime",
+)
+
 # `tls_versions` spellings in TOML -> TlsVersion value names in the protobuf schema.
 TLS_VERSIONS = MappingProxyType(
     {
@@ -349,7 +374,7 @@ class HttpFrontendConfig:
             ],
             hsts=self.hsts.to_proto() if self.hsts else None,
         )
-        if self.certificate is None or self.key is None:
+        if not self.is_https:
             return [Request(add_http_frontend=frontend)]
         certificate = AddCertificate(
             address=address,

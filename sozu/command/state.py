@@ -313,11 +313,17 @@ def _stream_front_order(front: RequestTcpFrontend | RequestUdpFrontend) -> tuple
 # --- validation ----------------------------------------------------------------------------
 
 
+def is_header_name(text: str) -> bool:
+    """True for a valid HTTP field name (an RFC 9110 token)."""
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
 def _invalid(message: str) -> StateError:
     return StateError(StateErrorKind.INVALID_VALUE, message)
 
 
-def _check_health_check(config: HealthCheckConfig) -> None:
+def check_health_check(config: HealthCheckConfig) -> None:
+    """Refuse (StateError) a health check with a zero period or threshold, or a bad URI."""
     for name in ("interval", "timeout", "healthy_threshold", "unhealthy_threshold"):
         if getattr(config, name) == 0:
             raise _invalid(f"health check {name} must be > 0")
@@ -336,7 +342,7 @@ def _check_listener_patch(patch: ListenerPatch) -> None:
             raise _invalid("h2_stream_shrink_ratio must be >= 2")
         if patch.HasField("sozu_id_header"):
             header = patch.sozu_id_header
-            if not header or any(c not in _TOKEN_CHARS for c in header):
+            if not is_header_name(header):
                 raise _invalid(f"sozu_id_header {header!r} is not a valid HTTP header name")
     if isinstance(patch, UpdateHttpsListenerConfig):
         if patch.HasField("alpn_protocols"):
@@ -543,7 +549,7 @@ class ConfigState:
             name = LoadBalancingAlgorithms.Name(cluster.load_balancing)
             raise StateError(StateErrorKind.INVALID_VALUE, udp_only_message(name))
         if cluster.HasField("health_check"):
-            _check_health_check(cluster.health_check)
+            check_health_check(cluster.health_check)
         stored = canonical(cluster)
         if self._clusters.get(stored.cluster_id) == stored:
             return Applied.UNCHANGED
@@ -562,7 +568,7 @@ class ConfigState:
         return Applied.CHANGED
 
     def _set_health_check(self, request: SetHealthCheck) -> Applied:
-        _check_health_check(request.config)
+        check_health_check(request.config)
         cluster = self._cluster_or_raise(request.cluster_id)
         config = canonical(request.config)
         if cluster.HasField("health_check") and cluster.health_check == config:

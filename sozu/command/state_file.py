@@ -463,7 +463,7 @@ def read_state_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a state file; refuses anything but a regular file (a FIFO would block)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in a client's path
         raise StateFileError(f"cannot open state file {os.fspath(path)}: {error}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -503,7 +503,10 @@ def save_state(path: str | os.PathLike[str], state: ConfigState) -> int:
     """
     requests = state.requests()
     data = encode_requests(requests)
-    target = os.path.realpath(os.fspath(path))
+    try:
+        target = os.path.realpath(os.fspath(path))
+    except ValueError as error:  # a NUL byte in a client's path
+        raise StateFileError(f"cannot save state to {os.fspath(path)}: {error}") from None
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:

@@ -41,6 +41,7 @@ from typing import Any
 from sozu import __version__
 from sozu.command import certificate
 from sozu.command.addresses import to_text
+from sozu.command.errors import AddressError
 from sozu.command.logging import get_logger
 from sozu.command.proto import (
     ListenerType,
@@ -49,7 +50,7 @@ from sozu.command.proto import (
     Request,
     SocketAddress,
 )
-from sozu.command.state import ConfigState
+from sozu.command.state import ConfigState, StateError
 from sozu.supervisor.peer import UNKNOWN, PeerCredentials
 
 # --------------------------------------------------------------------------------------
@@ -187,14 +188,14 @@ def certificate_fingerprint_prefix(pem: str) -> str:
     """First 16 hex chars of a PEM certificate's SHA-256 fingerprint, `unknown` if unparseable."""
     try:
         return certificate.fingerprint_hex(pem)[:16]
-    except Exception:
+    except certificate.CertificateError:
         return UNKNOWN
 
 
 def _address(address: SocketAddress) -> str:
     try:
         return to_text(address)
-    except Exception:
+    except AddressError:
         return "?"
 
 
@@ -287,7 +288,7 @@ def _listener_patch_diff(request: Request, state: ConfigState | None) -> str:
     if state is not None:
         try:
             current = state.listener(kind, patch.address)
-        except Exception:
+        except StateError:
             current = None
     parts: list[str] = []
     for field, value in patch.ListFields():
@@ -344,7 +345,8 @@ def describe(
             executable=executable,
             boot_generation=boot_generation,
         )
-    except Exception:
+    except Exception:  # an audit line must never block the change: log the bug, audit coarsely
+        get_logger("sozu.audit").exception("audit_describe_failed")
         variant = request.WhichOneof("request_type")
         if variant is None:
             return None

@@ -22,7 +22,7 @@ from sozu.command.proto import (
     WorkerRequest,
     WorkerResponse,
 )
-from sozu.supervisor.audit import FanOut
+from sozu.supervisor.audit import ERROR_WORKER_FAILURE, ERROR_WORKER_TIMEOUT, FanOut
 from sozu.supervisor.workers import ProcessingCallback, Worker
 
 HEARTBEAT_SECONDS = 0.5
@@ -86,9 +86,6 @@ class Gathered:
     def succeeded(self) -> bool:
         return all(answer.ok for answer in self.answers)
 
-    def failed_indexes(self) -> set[int]:
-        return {answer.index for answer in self.answers if not answer.ok}
-
     def fanout(self) -> FanOut:
         return FanOut.from_counts(
             self.ok, self.errors + self.timeouts, self.expected, timed_out=self.timeouts > 0
@@ -96,9 +93,9 @@ class Gathered:
 
     def error_code(self) -> str | None:
         if self.timeouts:
-            return "worker_timeout"
+            return ERROR_WORKER_TIMEOUT
         if self.errors:
-            return "worker_failure"
+            return ERROR_WORKER_FAILURE
         return None
 
     def failure_message(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from sozu.command.addresses import to_text
+from sozu.command.addresses import parse_address, to_text
 from sozu.command.errors import SozuError
 from sozu.command.proto import ListenerType, SocketAddress
 from sozu.command.scm import Listeners
@@ -40,13 +40,13 @@ class ListenerError(SozuError):
 def bind_socket(kind: ListenerType.ValueType, address: SocketAddress) -> socket.socket:
     """A bound socket for one listener (listening, unless UDP); ListenerError on failure."""
     text = to_text(address)
-    family = socket.AF_INET6 if address.ip.WhichOneof("inner") == "v6" else socket.AF_INET
+    ip, port = parse_address(text)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     sock_type = socket.SOCK_DGRAM if kind == ListenerType.UDP else socket.SOCK_STREAM
-    host = text.rpartition(":")[0].strip("[]")
     sock = socket.socket(family, sock_type)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, address.port))
+        sock.bind((str(ip), port))
         if sock_type == socket.SOCK_STREAM:
             sock.listen(BACKLOG)
     except OSError as error:

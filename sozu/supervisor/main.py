@@ -29,7 +29,7 @@ from sozu.command.config import Config, load_config
 from sozu.command.errors import ConfigError, ExitCode, SozuError
 from sozu.command.logging import LoggingError, get_logger, setup_logging
 from sozu.command.state import ConfigState, StateError
-from sozu.command.state_file import parse_records, read_state_file
+from sozu.command.state_file import LoadError, parse_records, read_state_file
 from sozu.supervisor.audit import AuditLog
 from sozu.supervisor.gathering import request_name
 from sozu.supervisor.listeners import ListenerSockets
@@ -145,7 +145,7 @@ def load_saved_state(path: Path, state: ConfigState) -> SavedState:
             if already_in_place(present, record.content, error):
                 result.in_place += 1
             else:
-                result.errors.append(f"record {index} ({record.id}) refused: {error}")
+                result.errors.append(str(LoadError(index, record.id, error.message, refused=True)))
         else:
             result.applied.append(request_name(record.content))
     return result

@@ -43,7 +43,7 @@ from sozu.command.proto import (
     WorkerResponses,
 )
 from sozu.command.state import Applied, ConfigState, StateError, StateErrorKind, canonical
-from sozu.command.state_file import StateFileError, parse_records, read_state_file
+from sozu.command.state_file import LoadError, StateFileError, parse_records, read_state_file
 from sozu.supervisor import notify
 from sozu.supervisor.audit import (
     ERROR_DISPATCH,
@@ -218,6 +218,13 @@ async def _gather(sup: Supervisor, session: ClientSession, scatter: Scatter) -> 
     return await scatter.gather(sup.config.worker_timeout, _heartbeat(session))
 
 
+async def _answer_fan_out(session: ClientSession, gathered: Gathered) -> None:
+    if gathered.succeeded:
+        await session.ok("Successfully applied request to all workers")
+    else:
+        await session.failure(gathered.failure_message())
+
+
 def _resolve(path: str) -> str:
     """A client's path, relative to the supervisor's working directory as in Sōzu."""
     return str(Path(path) if os.path.isabs(path) else Path.cwd() / path)
@@ -243,10 +250,7 @@ async def change(sup: Supervisor, session: ClientSession, request: Request) -> b
     trail.completion(gathered)
     sup.publish(event_for(request))
     sup.changed(applied)
-    if gathered.succeeded:
-        await session.ok("Successfully applied request to all workers")
-    else:
-        await session.failure(gathered.failure_message())
+    await _answer_fan_out(session, gathered)
     return True
 
 
@@ -265,10 +269,7 @@ async def logging(sup: Supervisor, session: ClientSession, request: Request) -> 
     gathered = await _gather(sup, session, scatter)
     trail.completion(gathered)
     sup.publish(event_for(request))
-    if gathered.succeeded:
-        await session.ok("Successfully applied request to all workers")
-    else:
-        await session.failure(gathered.failure_message())
+    await _answer_fan_out(session, gathered)
     return True
 
 
@@ -466,13 +467,7 @@ async def load_state(sup: Supervisor, session: ClientSession, request: Request) 
         present=present_requests(sup.state),
     )
     await session.processing("Applying state file...")
-    gathered = await _gather(sup, session, scatter)
-    outcome.collect(gathered)
-    notify_safely(notify.READY)
-    sup.changed(outcome.applied)
-    target = f"file:{path} ok:{outcome.ok} errors:{len(outcome.errors)}"
-    _record_batch(trail, outcome, gathered, target)
-    sup.publish(event_for(request))
+    await _finish_batch(sup, session, request, trail, scatter, outcome, f"file:{path}")
     if outcome.errors:
         await session.failure(
             f"loading state: {outcome.ok} ok messages, {len(outcome.errors)} errors: "
@@ -506,13 +501,7 @@ async def reload_configuration(sup: Supervisor, session: ClientSession, request:
         outcome,
         _forward_processing(session),
     )
-    gathered = await _gather(sup, session, scatter)
-    outcome.collect(gathered)
-    notify_safely(notify.READY)
-    sup.changed(outcome.applied)
-    target = f"config:{path} ok:{outcome.ok} errors:{len(outcome.errors)}"
-    _record_batch(trail, outcome, gathered, target)
-    sup.publish(event_for(request))
+    await _finish_batch(sup, session, request, trail, scatter, outcome, f"config:{path}")
     if outcome.errors:
         await session.failure(
             f"loading static configuration failed: {outcome.ok} OK, {len(outcome.errors)} "
@@ -554,7 +543,7 @@ class BatchOutcome:
 
     def refuse(self, index: int, record_id: str, error: Exception) -> None:
         self.refused += 1
-        self.errors.append(f"record {index} ({record_id}) refused: {error}")
+        self.errors.append(str(LoadError(index, record_id, str(error), refused=True)))
 
     def collect(self, gathered: Gathered) -> None:
         failures: dict[int, list[str]] = {}
@@ -603,6 +592,25 @@ def scatter_batch(
         outcome.accepted[index] = record_id
         result.add(sup.workers.alive(), fanned, task_id, index, on_processing)
     return result
+
+
+async def _finish_batch(
+    sup: Supervisor,
+    session: ClientSession,
+    request: Request,
+    trail: AuditTrail,
+    scatter: Scatter,
+    outcome: BatchOutcome,
+    source: str,
+) -> None:
+    """Gather a state load's or a reload's fan-out, then notify, audit and publish it."""
+    gathered = await _gather(sup, session, scatter)
+    outcome.collect(gathered)
+    notify_safely(notify.READY)
+    sup.changed(outcome.applied)
+    target = f"{source} ok:{outcome.ok} errors:{len(outcome.errors)}"
+    _record_batch(trail, outcome, gathered, target)
+    sup.publish(event_for(request))
 
 
 def _record_batch(

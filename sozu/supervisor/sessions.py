@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from sozu.command.channel import AsyncChannel, encode_message
+from sozu.command.channel import AsyncChannel
 from sozu.command.framing import FrameError, FrameErrorKind
 from sozu.command.logging import get_logger
 from sozu.command.proto import Request, Response, ResponseContent, ResponseStatus
@@ -30,6 +30,15 @@ _ANSWERABLE = (FrameErrorKind.TOO_LARGE, FrameErrorKind.TOO_SHORT, FrameErrorKin
 
 RequestHandler = Callable[["ClientSession", Request], Awaitable[bool]]
 BadInputHandler = Callable[["ClientSession", str, str], None]
+
+
+def _response(
+    status: ResponseStatus.ValueType, message: str, content: ResponseContent | None
+) -> Response:
+    response = Response(status=status, message=message)
+    if content is not None:
+        response.content.CopyFrom(content)
+    return response
 
 
 class ClientSession:
@@ -57,11 +66,8 @@ class ClientSession:
         """Write one Response and wait for the transport to drain; a gone peer closes us."""
         if self.closed:
             return
-        response = Response(status=status, message=message)
-        if content is not None:
-            response.content.CopyFrom(content)
         try:
-            await self.channel.send(response)
+            await self.channel.send(_response(status, message, content))
         except FrameError as error:
             log.info("client_write_failed", client_id=self.client_id, error=str(error))
             self.closed = True
@@ -75,12 +81,9 @@ class ClientSession:
         """Queue one Response without waiting (from synchronous callbacks)."""
         if self.closed or self.channel.writer.is_closing():
             return
-        response = Response(status=status, message=message)
-        if content is not None:
-            response.content.CopyFrom(content)
         try:
-            self.channel.writer.write(encode_message(response, self.channel.max_buffer_size))
-        except (FrameError, OSError, RuntimeError) as error:
+            self.channel.send_nowait(_response(status, message, content))
+        except FrameError as error:
             log.info("client_write_failed", client_id=self.client_id, error=str(error))
 
     async def processing(self, message: str, content: ResponseContent | None = None) -> None:

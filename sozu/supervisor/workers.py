@@ -285,9 +285,6 @@ class WorkerPool:
             if worker.alive and worker.run_state != RunState.STOPPING
         )
 
-    def get(self, worker_id: int) -> Worker | None:
-        return self.workers.get(worker_id)
-
     def infos(self) -> list[WorkerInfo]:
         return [worker.info() for worker in self.workers.values()]
 
@@ -379,9 +376,7 @@ class WorkerPool:
             response = await worker.initial_status
         except (WorkerExited, FrameError, asyncio.CancelledError):
             return
-        if response.status == ResponseStatus.OK:
-            if worker.run_state == RunState.NOT_ANSWERING:
-                worker.run_state = RunState.RUNNING
+        if response.status == ResponseStatus.OK:  # `_dispatch` already marked it RUNNING
             log.info("worker_ready", worker_id=worker.id, pid=worker.pid)
         else:
             log.error("worker_start_failed", worker_id=worker.id, message=response.message)

@@ -66,6 +66,7 @@ from sozu.command.state_file import (
     load_records,
     load_state,
     parse_records,
+    read_state_file,
     save_state,
     split_records,
     to_serde,
@@ -210,6 +211,13 @@ def test_save_through_a_symlink_writes_the_target(tmp_path: Path) -> None:
 def test_save_into_a_missing_folder_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(StateFileError):
         save_state(tmp_path / "nope" / "state.json", ConfigState())
+
+
+def test_a_path_with_a_nul_byte_is_a_state_file_error(tmp_path: Path) -> None:
+    with pytest.raises(StateFileError):
+        save_state(f"{tmp_path}/a\0b", ConfigState())
+    with pytest.raises(StateFileError):
+        read_state_file(f"{tmp_path}/a\0b")
 
 
 # --- round trips ---------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from sozu.command.state import ConfigState
 from sozu.supervisor import audit
 from sozu.supervisor.audit import AuditSubject, describe, refusal_subject
 from sozu.supervisor.peer import PeerCredentials
+from tests.unit.supervisor.samples import minimal_request
 
 ONEOF = Request.DESCRIPTOR.oneofs_by_name["request_type"]
 
@@ -105,19 +106,6 @@ UNAUDITED = {
     "query_max_connections_per_ip",
     "query_health_checks",
 }
-
-
-def minimal_request(field: FieldDescriptor) -> Request:
-    request = Request()
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        getattr(request, field.name).SetInParent()
-    elif field.type == FieldDescriptor.TYPE_STRING:
-        setattr(request, field.name, "x")
-    elif field.type == FieldDescriptor.TYPE_ENUM:
-        setattr(request, field.name, 0)
-    else:
-        setattr(request, field.name, 1)
-    return request
 
 
 def demo_state() -> ConfigState:

@@ -25,6 +25,7 @@ from sozu.command.proto import (
     UpdateHttpsListenerConfig,
 )
 from sozu.supervisor.events import MAIN, EventHub, PublishedEvent, SubscriptionClosed, event_for
+from tests.unit.supervisor.samples import minimal_request
 
 ONEOF = Request.DESCRIPTOR.oneofs_by_name["request_type"]
 ADDR = to_proto("127.0.0.1:8080")
@@ -106,19 +107,6 @@ async def test_subscription_starts_empty() -> None:
 def test_queue_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         EventHub(queue_size=0)
-
-
-def minimal_request(field: FieldDescriptor) -> Request:
-    request = Request()
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        getattr(request, field.name).SetInParent()
-    elif field.type == FieldDescriptor.TYPE_STRING:
-        setattr(request, field.name, "x")
-    elif field.type == FieldDescriptor.TYPE_ENUM:
-        setattr(request, field.name, 0)
-    else:
-        setattr(request, field.name, 1)
-    return request
 
 
 KINDS = {
