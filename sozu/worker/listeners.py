@@ -7,6 +7,11 @@ keeps the received sockets by (ListenerType, address text). Activating a listene
 socket to `loop.create_server`, which then owns it; deactivating closes that server, so this
 worker's copy is closed and the listener needs a fresh socket to be activated again (the
 supervisor sends one, since it closes its own copy on deactivation too).
+
+HTTPS listeners accept with the listener's `ssl.SSLContext` (`sozu.worker.tls`), TCP listeners
+with `sozu.worker.tcp.TcpSession`. `Edge` keeps both in step with the worker's ConfigState:
+the worker server asks it for a listener's context and TCP session factory, and tells it of
+every applied change (`Edge.changed`).
 """
 
 from __future__ import annotations
@@ -14,15 +19,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
-from sozu.command.addresses import normalize
+from sozu.command.addresses import normalize, to_text
+from sozu.command.certificate import CertificateError, fingerprint_hex
 from sozu.command.errors import AddressError, SozuError
 from sozu.command.logging import get_logger
-from sozu.command.proto import ListenerType
+from sozu.command.proto import ListenerType, Request
 from sozu.command.scm import KINDS, Listeners, ScmError, receive_listeners
+from sozu.command.state import ConfigState
+from sozu.worker.access_log import AccessLog
+from sozu.worker.backends import BackendPool
+from sozu.worker.tcp import Hub, TcpRoutes, TcpSession
+from sozu.worker.tls import TlsContexts
 
 log = get_logger(__name__)
 
@@ -106,8 +118,15 @@ class ListenerPool:
             log.info("listeners_received", addresses=[a for _, a in keys])
         return True
 
-    async def activate(self, kind: Kind, address: str, factory: ProtocolFactory) -> None:
-        """Start accepting on a held socket; ListenerError when there is none or it fails."""
+    async def activate(
+        self,
+        kind: Kind,
+        address: str,
+        factory: ProtocolFactory,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Start accepting on a held socket (TLS with `ssl_context`); ListenerError when there
+        is none or it fails."""
         key = (kind, address)
         if key in self._servers:
             return
@@ -120,7 +139,7 @@ class ListenerPool:
         loop = asyncio.get_running_loop()
         try:
             sock.setblocking(False)
-            server = await loop.create_server(factory, sock=sock, backlog=BACKLOG)
+            server = await loop.create_server(factory, sock=sock, backlog=BACKLOG, ssl=ssl_context)
         except (OSError, ValueError, RuntimeError) as error:
             raise ListenerError(f"cannot accept on {address}: {error}") from None
         del self._idle[key]
@@ -151,3 +170,94 @@ class ListenerPool:
         self._idle.clear()
 
     close_all = stop_accepting
+
+
+_TLS_CHANGES = frozenset(
+    {
+        "add_certificate",
+        "replace_certificate",
+        "remove_certificate",
+        "add_https_listener",
+        "update_https_listener",
+    }
+)
+_TCP_CHANGES = frozenset(
+    {
+        "add_tcp_listener",
+        "update_tcp_listener",
+        "remove_listener",
+        "add_tcp_frontend",
+        "remove_tcp_frontend",
+    }
+)
+_BACKEND_CHANGES = frozenset({"add_cluster", "remove_cluster", "add_backend", "remove_backend"})
+
+
+class Edge:
+    """TLS contexts of HTTPS listeners and TCP routes of one worker, following its state.
+
+    The worker server calls `ssl_context(address)` when it activates an HTTPS listener,
+    `tcp_factory(address)` when it activates a TCP one, and `changed(request)` after every
+    request its ConfigState accepted (returns problems to answer FAILURE with). When no
+    `BackendPool` is given, the Edge keeps its own and rebuilds it on cluster changes.
+    """
+
+    def __init__(
+        self,
+        state: ConfigState,
+        hub: Hub,
+        backends: BackendPool | None = None,
+        access_log: AccessLog | None = None,
+        session_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.state = state
+        self.hub = hub
+        self._own_backends = backends is None
+        self.backends = backends if backends is not None else BackendPool()
+        self.access_log = access_log
+        self.session_id = session_id
+        self.tls = TlsContexts()
+        self.tcp = TcpRoutes()
+        if self._own_backends:
+            self.backends.rebuild(state)
+        self.tcp.rebuild(state)
+
+    def ssl_context(self, address: str) -> ssl.SSLContext:
+        return self.tls.context(self.state, address)
+
+    def tcp_factory(self, address: str) -> ProtocolFactory:
+        hub, routes, log_ = self.hub, self.tcp, self.access_log
+        pool = self._pool
+        ids = self.session_id
+
+        def factory() -> asyncio.BaseProtocol:
+            return TcpSession(hub, routes.get(address), pool, log_, ids)
+
+        return factory
+
+    def _pool(self) -> BackendPool:
+        return self.backends
+
+    def changed(self, request: Request) -> list[str]:
+        """Follow one applied change; problems that make it unusable here."""
+        kind = request.WhichOneof("request_type")
+        problems: list[str] = []
+        if kind in _TLS_CHANGES:
+            address = _canonical(_address_of(getattr(request, kind)))
+            if kind == "replace_certificate":
+                replace = request.replace_certificate
+                with contextlib.suppress(CertificateError):
+                    new = fingerprint_hex(replace.new_certificate.certificate)
+                    self.tls.replaced(address, replace.old_fingerprint, new)
+            problems += self.tls.refresh(self.state, address)
+        if kind in _TCP_CHANGES:
+            self.tcp.rebuild(self.state)
+        if kind == "remove_listener" and request.remove_listener.proxy == ListenerType.HTTPS:
+            self.tls.forget(_canonical(_address_of(request.remove_listener)))
+        if self._own_backends and kind in _BACKEND_CHANGES:
+            self.backends.rebuild(self.state)
+        return problems
+
+
+def _address_of(message: Any) -> str:
+    return to_text(message.address)

@@ -58,12 +58,21 @@ from sozu.command.proto import (
 )
 from sozu.command.scm import Listeners
 from sozu.command.state import ConfigState, StateError
-from sozu.worker.listeners import KIND_NAMES, Kind, ListenerError, ListenerPool, ProtocolFactory
+from sozu.worker.access_log import AccessLog
+from sozu.worker.backends import BackendPool, event_response
+from sozu.worker.listeners import (
+    KIND_NAMES,
+    Edge,
+    Kind,
+    ListenerError,
+    ListenerPool,
+    ProtocolFactory,
+)
 from sozu.worker.metrics import CONNECTIONS, CONNECTIONS_MAX, Counters
 from sozu.worker.protocol.answers import compile_answers, merged_answers
 from sozu.worker.protocol.http1 import ClusterView, ListenerView, Routing
 from sozu.worker.router import RouterError
-from sozu.worker.session import ClosingSession, HttpSession, SessionHub
+from sozu.worker.session import ClosingSession, HttpSession, SessionHub, new_request_id
 
 log = get_logger(__name__)
 
@@ -170,10 +179,18 @@ class WorkerServer:
         self.state = ConfigState()
         self.routing = Routing()
         self.counters = Counters(self._gauges)
+        self.backends = BackendPool(on_event=lambda event: self.send(event_response(event)))
         self.hub = SessionHub(
-            self.routing, self.counters, int(config.max_connections), int(config.buffer_size)
+            self.routing,
+            self.counters,
+            int(config.max_connections),
+            int(config.buffer_size),
+            self.backends,
         )
+        self.access_log = AccessLog.from_server_config(config, tag=f"WRK-{worker_id:02d}")
+        self.hub.access_log = self.access_log
         self.pool = ListenerPool(scm, received)
+        self.edge = Edge(self.state, self.hub, self.backends, self.access_log, new_request_id)
         self.http_views: dict[str, ListenerView] = {}
         self.https_views: dict[str, ListenerView] = {}
         self.max_connections_per_ip = int(config.max_connections_per_ip)
@@ -458,7 +475,8 @@ class WorkerServer:
             if not self.pool.holds(kind, address) and not initial:
                 await self.pool.receive(kind, address, SCM_TIMEOUT)
             try:
-                await self.pool.activate(kind, address, self._factory(kind, address))
+                context = self.edge.ssl_context(address) if kind == ListenerType.HTTPS else None
+                await self.pool.activate(kind, address, self._factory(kind, address), context)
             except ListenerError as error:
                 log.warning("listener_not_activated", address=address, reason=str(error))
                 return failure(request.id, str(error))
@@ -484,10 +502,12 @@ class WorkerServer:
         return ok(request.id)
 
     def _factory(self, kind: Kind, address: str) -> ProtocolFactory:
-        if kind == ListenerType.HTTP:
+        if kind in (ListenerType.HTTP, ListenerType.HTTPS):
             view = self._listener_view(kind, address)
             hub = self.hub
             return lambda: HttpSession(hub, view)
+        if kind == ListenerType.TCP:
+            return self.edge.tcp_factory(address)
         hub = self.hub
         return lambda: ClosingSession(hub)
 
@@ -517,6 +537,17 @@ class WorkerServer:
         view.templates = templates
         view.front_timeout = float(config.front_timeout)
         view.request_timeout = float(config.request_timeout)
+        view.back_timeout = float(config.back_timeout)
+        view.connect_timeout = float(config.connect_timeout)
+        if config.sticky_name:
+            view.sticky_name = config.sticky_name.encode("latin-1")
+        if config.HasField("sozu_id_header") and config.sozu_id_header:
+            view.id_header = config.sozu_id_header.encode("latin-1")
+        public = to_text(config.public_address) if config.HasField("public_address") else address
+        host, _, port = public.rpartition(":")
+        view.public_ip = host.strip("[]").encode("ascii")
+        view.public_port = port.encode("ascii")
+        view.proto = b"https" if kind == ListenerType.HTTPS else b"http"
         return [f"listener {address}: {error}" for error in errors]
 
     # --- changes of the state --------------------------------------------------------------
@@ -525,6 +556,7 @@ class WorkerServer:
         content = request.content
         self.state.apply(content)
         problems = self._update_views(content)
+        problems += self.edge.changed(content)
         if problems:
             log.warning("change_not_usable", id=request.id, problems=problems)
             return failure(request.id, "; ".join(problems))
@@ -561,6 +593,7 @@ class WorkerServer:
         return []
 
     def _refresh_cluster(self, cluster_id: str) -> list[str]:
+        self.hub.idle.drop(self.backends.rebuild(self.state))
         cluster = self.state.cluster(cluster_id)
         backends = len(self.state.backends(cluster_id))
         if cluster is None:
@@ -577,6 +610,7 @@ class WorkerServer:
                 cluster.https_redirect_port if cluster.HasField("https_redirect_port") else None
             ),
             backends=backends,
+            sticky_session=cluster.sticky_session,
             templates=templates,
         )
         return [f"cluster {cluster_id}: {error}" for error in errors]

@@ -1,21 +1,31 @@
 """Client connections of a worker: asyncio Protocols on the accepted sockets.
 
-`HttpSession` serves an HTTP listener. It feeds received bytes to an httptools (llhttp)
-parser; once a request head is complete it asks `sozu.worker.protocol.http1.answer_request`
-what to answer and writes it. Proxying to backends is the next issue: a request that a
-backend should serve is answered 503 ("proxying is not available yet") for now. Keep-alive
-is honoured when the answer allows it (a custom template without `Connection: close`) and
-the request did not ask to close (`Connection: close`, HTTP/1.0 without keep-alive); the
-built-in answers carry `Connection: close` as in Sōzu, so after one the connection closes.
-Invalid HTTP gets 400, a request head larger than `buffer_size` 413, a request not complete
-within the listener's `request_timeout` 408 (all then close); an idle keep-alive connection
-closes silently after `front_timeout`.
+`HttpSession` serves an HTTP listener (and HTTPS ones once TLS is terminated). Received bytes
+go to an httptools (llhttp, strict) parser; each complete request head becomes an `Exchange`:
+answered locally (`sozu.worker.protocol.http1.answer_request`: 400, 401, 404, 301, 503...) or
+forwarded to a backend of its cluster, chosen by `BackendPool`, over an idle pooled connection
+(`sozu.worker.backend_connection.IdlePool`) or a new one (connect timeout; on failure another
+backend, at most `MAX_CONNECT_RETRIES` attempts, then 503). The rewritten head
+(`sozu.worker.protocol.headers`) and the body are streamed to the backend, the response is
+streamed back as it is parsed, and the backend connection returns to the idle pool when both
+sides allow keep-alive. Pipelined requests are parsed ahead but answered in order: the client's
+reading pauses while an answer is in progress. Back-pressure pauses reading on one side while
+the other side's write buffer is over `buffer_size` (`sozu.worker.flow_control`). After a
+`101 Switching Protocols` both connections become a byte pipe.
 
-`ClosingSession` serves HTTPS and TCP listeners until TLS and TCP proxying exist: it accepts
-the connection (so clients are not left hanging in the kernel queue) and closes it at once.
+Errors end only the exchange they hit: the backend closing before its answer -> 502 (a reused
+idle connection is first retried once on a fresh connection when the request can be replayed),
+no answer within `back_timeout` -> 504; after an answer started, the client connection is
+closed. Invalid HTTP (llhttp strict: CL with TE, differing Content-Length, obs-fold, bad chunk
+size, bare LF, NUL, invalid method or target) -> 400 and close, the request never reaching a
+backend; a request head larger than `buffer_size` -> 413; a request not complete within
+`request_timeout` -> 408; an idle keep-alive connection closes silently after `front_timeout`.
 
-`SessionHub` is what all sessions of a worker share: routing tables, counters, the set of
-live sessions (for `max_connections`, soft stop and hard stop) and the buffer size.
+`ClosingSession` serves listeners that have no protocol yet: it accepts and closes at once.
+
+`SessionHub` is what all sessions of a worker share: routing tables, backends and idle
+connections, counters, the set of live sessions (for `max_connections`, soft stop and hard
+stop) and the buffer size.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -30,7 +41,20 @@ import httptools
 
 from sozu.command.logging import get_logger
 from sozu.worker import metrics
+from sozu.worker.access_log import AccessLog
+from sozu.worker.backend_connection import BackendConnection, IdlePool
+from sozu.worker.backends import MAX_CONNECT_RETRIES, Backend, BackendPool, HealthChange
+from sozu.worker.flow_control import PENDING, PIPELINE, WRITE, ReadGate, limit_writes
 from sozu.worker.metrics import Counters
+from sozu.worker.protocol.headers import (
+    Framing,
+    chunk,
+    connection_extras,
+    last_chunk,
+    request_head,
+    response_head,
+    sticky_cookie,
+)
 from sozu.worker.protocol.http1 import (
     Answer,
     ListenerView,
@@ -44,16 +68,53 @@ from sozu.worker.protocol.http1 import (
 log = get_logger(__name__)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 digits
 
 
-def new_request_id() -> str:
-    """A ULID (Sōzu's request id): 48-bit milliseconds then 80 random bits, Crockford base32."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+class _IdState:
+    millisecond = -1
+    time_digits = ""
+    random = 0
+    high_digits = ""
+
+
+def _digits(value: int, count: int) -> str:
     out = []
-    for _ in range(26):
+    for _ in range(count):
         out.append(_CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(out))
+
+
+def new_request_id() -> str:
+    """A ULID (Sōzu's request id): 48-bit milliseconds then 80 random bits, Crockford base32.
+
+    Monotonic within a millisecond (the ULID spec's variant): the random part is drawn once per
+    millisecond and incremented for each further id, so most ids cost a few table lookups.
+    """
+    state = _IdState
+    now = time.time_ns() // 1_000_000
+    if now != state.millisecond:
+        state.millisecond = now
+        state.time_digits = _digits(now, 10)
+        state.random = rand = int.from_bytes(os.urandom(10), "big")
+        state.high_digits = _digits(rand >> 40, 8)
+    else:
+        state.random = rand = (state.random + 1) & ((1 << 80) - 1)
+        if not rand & 0xFFFFFFFFFF:
+            state.high_digits = _digits(rand >> 40, 8)
+    low = rand & 0xFFFFFFFFFF
+    pairs = _PAIRS
+    return "".join(
+        (
+            state.time_digits,
+            state.high_digits,
+            pairs[low >> 30],
+            pairs[(low >> 20) & 1023],
+            pairs[(low >> 10) & 1023],
+            pairs[low & 1023],
+        )
+    )
 
 
 class SessionHub:
@@ -65,14 +126,29 @@ class SessionHub:
         counters: Counters,
         max_connections: int,
         buffer_size: int,
+        backends: BackendPool | None = None,
     ) -> None:
         self.routing = routing
+        self.backends = backends if backends is not None else BackendPool()
+        self.idle = IdlePool()
+        self.access_log: AccessLog | None = None
         self.counters = counters
         self.max_connections = max_connections
         self.buffer_size = buffer_size
         self.sessions: set[Session] = set()
         self.draining = False
         self._on_empty: list[Callable[[], None]] = []
+
+    def health_changed(self, change: HealthChange) -> None:
+        """A backend went down or came back: logged here (the BackendPool's `on_event`
+        publishes the Event)."""
+        backend = change.backend
+        log.info(
+            "backend_up" if change.up else "backend_down",
+            cluster_id=backend.cluster_id,
+            backend_id=backend.backend_id,
+            address=backend.address,
+        )
 
     def admit(self, session: Session) -> bool:
         """Register a new connection; False when it must be closed (limit or stopping)."""
@@ -101,6 +177,7 @@ class SessionHub:
         self.draining = True
         for session in list(self.sessions):
             session.abort()
+        self.idle.close_all()
 
     def when_empty(self, callback: Callable[[], None]) -> None:
         """Call `callback` once no session is left (at once if none is)."""
@@ -148,19 +225,77 @@ class ClosingSession(Session):
         self.transport.close()
 
 
+class Exchange:
+    """One request of a client connection and its answer (local or from a backend).
+
+    Class attributes are the defaults, so creating one per request sets only what differs.
+    """
+
+    answer: Answer | None = None
+    head = b""
+    route = ""
+    sticky_found: str | None = None
+    request_framing = Framing.NONE
+    upgrade = False
+    keep_alive = True
+    http10 = False
+    pending_size = 0
+    replay_size = 0
+    request_done = False
+    backend: Backend | None = None
+    conn: BackendConnection | None = None
+    connecting: asyncio.Task[None] | None = None
+    attempts = 0
+    response_started = False
+    response_chunked = False
+    response_close = False
+    close_client = False
+    status = 0
+    started = 0.0
+    authority: str | None = None
+    path = ""
+    bytes_in = 0
+    bytes_out = 0
+    connected_at = 0.0
+    user_agent: str | None = None
+
+    def __init__(self, request_id: str, method: bytes) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.cluster_id = ""
+        self.pending: list[bytes] = []
+        self.replay: list[bytes] | None = None
+        self.tried: list[Backend] = []
+
+
 class HttpSession(Session):
     """One HTTP/1.x client connection (module docstring)."""
 
     __slots__ = (
         "_authority",
         "_closing",
+        "_current",
+        "_deadline",
+        "_drop",
+        "_framing",
         "_head_bytes",
+        "_headers",
         "_headers_done",
         "_in_request",
-        "_pending",
+        "_loop",
+        "_parsing",
+        "_peer_ip",
+        "_peer_port",
+        "_queue",
+        "_refusal",
         "_served",
         "_timer",
+        "_to_back",
+        "_to_front",
+        "_trailers",
         "_url",
+        "_write_paused",
+        "gate",
         "listener",
         "parser",
     )
@@ -169,7 +304,9 @@ class HttpSession(Session):
         super().__init__(hub)
         self.listener = listener
         self.parser: Any = None
+        self.gate = ReadGate()
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
         self._closing = False
         self._in_request = False
         self._headers_done = False
@@ -177,30 +314,63 @@ class HttpSession(Session):
         self._served = 0
         self._url = b""
         self._authority: bytes | None = None
-        self._pending: Answer | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._current: Exchange | None = None
+        self._parsing: Exchange | None = None
+        self._queue: deque[Exchange] = deque()
+        self._to_back: list[bytes] = []
+        self._to_front: list[bytes] = []
+        self._peer_ip = b""
+        self._peer_port = 0
+        self._refusal: bytes | None = None
+        self._write_paused = False
+        self._framing = Framing.NONE
+        self._drop: set[bytes] | None = None
+        self._loop = asyncio.get_running_loop()
 
     # --- connection events -------------------------------------------------------------
 
     def started(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.gate.transport = transport
+        limit_writes(transport, self.hub.buffer_size)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._peer_ip = str(peer[0]).encode("ascii")
+            self._peer_port = int(peer[1])
         self.parser = httptools.HttpRequestParser(self)
         self._arm(self.listener.request_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._refusal is not None:
+            return
+        current = self._current
+        if current is not None and current.status == 101:
+            conn = current.conn
+            if conn is not None:
+                conn.write(data)
             return
         if not (self._in_request and self._headers_done):
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if not self._closing and self._pending is not None:
-                self._send(self._pending, close=True)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._request_upgraded(data, upgrade)
+        except httptools.HttpParserCallbackError as error:
+            # a bug in a callback, not the client's fault: logged, connection closed
+            log.error("http_session_failed", error=repr(error.__context__))
+            self._close()
+            return
         except httptools.HttpParserError as error:
             if not self._closing:
                 self.hub.counters.incr(metrics.PARSE_ERRORS)
                 message = str(error.__cause__ or error) or type(error).__name__
-                self._fail(bad_request(self.listener, new_request_id(), message, self._phase()))
+                self._refuse(bad_request(self.listener, new_request_id(), message, self._phase()))
             return
+        if self._to_back:
+            self.flush_back()
         if (
             not self._closing
             and not self._headers_done
@@ -210,45 +380,103 @@ class HttpSession(Session):
             self._too_large()
 
     def eof_received(self) -> bool | None:
-        if self._pending is not None and not self._closing:
-            self._send(self._pending, close=True)
+        current = self._current
+        if current is not None and not self._closing:
+            if current.status == 101 and current.conn is not None:
+                if current.conn.transport is not None and current.conn.transport.can_write_eof():
+                    current.conn.transport.write_eof()
+                return True  # half-close: the backend may still answer
+            if current.request_done and not self._in_request:
+                current.close_client = True
+                return True  # let the pending answer be written, then close
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for exchange in (self._current, *self._queue):
+            if exchange is not None:
+                self._drop_backend(exchange, abort=True)
+        self._current = None
+        self._queue.clear()
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
-        if self._in_request or self._pending is not None:
+        if self._in_request or self._current is not None:
             return  # closes after this answer: hub.draining forbids keep-alive
-        self._closing = True
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
 
-    # --- parser callbacks (httptools) --------------------------------------------------
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        current = self._current
+        if current is not None and current.conn is not None:
+            current.conn.gate.pause(WRITE)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        current = self._current
+        if current is not None and current.conn is not None:
+            current.conn.gate.resume(WRITE)
+            if current.response_started:  # a slow client made progress: not a stalled backend
+                self._arm(self.listener.back_timeout)
+
+    # --- request parser callbacks (httptools) ------------------------------------------
 
     def on_message_begin(self) -> None:
         self._in_request = True
         self._headers_done = False
         self._url = b""
         self._authority = None
-        if self._served:
+        self._headers = []
+        self._trailers = []
+        self._framing = Framing.NONE
+        self._drop = None
+        if self._current is not None:
+            self.gate.pause(PIPELINE)
+        elif self._served:
             self._arm(self.listener.request_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._authority is None and name.lower() == b"host":
-            self._authority = value
+        if self._headers_done:
+            self._trailers.append((name, value))
+            return
+        self._headers.append((name, value))
+        size = len(name)
+        if size == 4 or size == 10 or size == 14 or size == 17:
+            lower = name.lower()
+            if lower == b"host":
+                if self._authority is None:
+                    self._authority = value
+            elif lower == b"content-length":
+                if self._framing == Framing.NONE:
+                    self._framing = Framing.LENGTH
+            elif lower == b"transfer-encoding":
+                self._framing = Framing.CHUNKED
+            elif lower == b"connection":
+                self._drop = connection_extras(value, self._drop)
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
-        if self._closing:
+        if self._closing or self._refusal is not None:
+            return
+        if self._head_bytes > self.hub.buffer_size and self._head_size() > self.hub.buffer_size:
+            self._too_large()
             return
         self.hub.counters.incr(metrics.REQUESTS)
-        method = self.parser.get_method().decode("latin-1")
+        parser = self.parser
+        method_bytes = parser.get_method()
+        method = method_bytes.decode("latin-1")
         request_id = new_request_id()
+        exchange = Exchange(request_id, method_bytes)
+        self._parsing = exchange
+        exchange.keep_alive = bool(parser.should_keep_alive()) and not self.hub.draining
+        exchange.http10 = parser.get_http_version() == "1.0"
         target = self._url.decode("latin-1")
         authority = self._authority.decode("latin-1") if self._authority is not None else None
         path = target
@@ -259,9 +487,10 @@ class HttpSession(Session):
                 try:
                     url = httptools.parse_url(self._url)
                 except httptools.HttpParserInvalidURLError:
-                    self._fail(
-                        bad_request(self.listener, request_id, "Invalid request target.", "Headers")
+                    answer = bad_request(
+                        self.listener, request_id, "Invalid request target.", "Headers"
                     )
+                    self._refuse(answer)
                     return
                 if url.host:
                     host = url.host.decode("latin-1")
@@ -269,52 +498,493 @@ class HttpSession(Session):
                 path = (url.path or b"/").decode("latin-1")
                 if url.query:
                     path += "?" + url.query.decode("latin-1")
-        answer = answer_request(
-            self.listener, self.hub.routing, method, authority, path, request_id
-        )
-        if answer.forward:
-            values = {
-                "REQUEST_ID": request_id,
-                "ROUTE": route_text(method, authority, path),
-                "CLUSTER_ID": answer.cluster_id or "",
-                "MESSAGE": "Proxying to backends is not available yet.",
-            }
-            cluster = self.hub.routing.clusters.get(answer.cluster_id or "")
-            answer = render(503, self.listener, cluster, values)
-        keep_alive = answer.keep_alive and self.parser.should_keep_alive()
-        if not keep_alive or self.hub.draining or self.parser.should_upgrade():
-            self._send(answer, close=True)
+        routing = self.hub.routing
+        answer = answer_request(self.listener, routing, method, authority, path, request_id)
+        exchange.cluster_id = answer.cluster_id or ""
+        if self.hub.access_log is not None:
+            exchange.authority, exchange.path = authority, path
+            exchange.bytes_in = self._head_bytes
+            for name, value in self._headers:
+                if len(name) == 10 and name.lower() == b"user-agent":
+                    exchange.user_agent = value.decode("latin-1")
+        if not answer.forward:
+            exchange.answer = answer
+            if not answer.keep_alive:
+                exchange.keep_alive = False
         else:
-            self._pending = answer
+            exchange.route = route_text(method, authority, path)
+            listener = self.listener
+            headers = self._headers
+            exchange.request_framing = framing = self._framing
+            exchange.upgrade = bool(parser.should_upgrade())
+            cluster = routing.clusters.get(exchange.cluster_id)
+            sticky = cluster is not None and cluster.sticky_session
+            if sticky:
+                found = sticky_cookie(headers, listener.sticky_name)
+                exchange.sticky_found = found.decode("latin-1") if found is not None else None
+            exchange.head = request_head(
+                method_bytes,
+                self._url,
+                headers,
+                peer_ip=self._peer_ip,
+                peer_port=self._peer_port,
+                public_ip=listener.public_ip,
+                public_port=listener.public_port,
+                proto=listener.proto,
+                request_id=request_id.encode("ascii"),
+                id_header=listener.id_header,
+                sticky_name=listener.sticky_name if sticky else None,
+                framing=framing,
+                upgrade=exchange.upgrade,
+                drop=self._drop,
+            )
+            exchange.pending.append(exchange.head)
+            exchange.pending_size = exchange.replay_size = len(exchange.head)
+            exchange.replay = [exchange.head]
+        if self._current is None:
+            self._start(exchange)
+        else:
+            self._queue.append(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._parsing
+        if exchange is None or exchange.answer is not None:
+            return
+        exchange.bytes_in += len(body)
+        if exchange.request_framing == Framing.CHUNKED:
+            body = chunk(body)
+        self._send_back(exchange, body)
 
     def on_message_complete(self) -> None:
-        if self._closing:
-            return
         self._in_request = False
         self._head_bytes = 0
-        answer, self._pending = self._pending, None
-        if answer is not None:
-            self._send(answer, close=self.hub.draining)
-        if not self._closing:
-            self._served += 1
+        exchange, self._parsing = self._parsing, None
+        if self._closing or exchange is None:
+            return
+        if exchange is self._current:
+            self._disarm()
+        if exchange.request_framing == Framing.CHUNKED and exchange.answer is None:
+            self._send_back(exchange, last_chunk(self._trailers))
+        exchange.request_done = True
+        if exchange is self._current:
+            if exchange.answer is not None:
+                self._answer_locally(exchange)
+            elif exchange.response_started and exchange.status >= 200 and exchange.conn is None:
+                self._finish(exchange)
+
+    # --- the exchange in front ---------------------------------------------------------
+
+    def _start(self, exchange: Exchange) -> None:
+        """`exchange` becomes the one answered now."""
+        self._current = exchange
+        exchange.started = self._loop.time()
+        if exchange.answer is not None:
+            if not exchange.answer.keep_alive or exchange.request_done:
+                self._answer_locally(exchange)
+            return
+        self._pick_backend(exchange)
+
+    def _pick_backend(self, exchange: Exchange) -> None:
+        hub = self.hub
+        backend = hub.backends.choose(
+            exchange.cluster_id, self._loop.time(), exchange.sticky_found, exchange.tried
+        )
+        if backend is None:
+            self._local_error(
+                exchange, 503, f"No backend available for cluster {exchange.cluster_id}."
+            )
+            return
+        exchange.backend = backend
+        conn = hub.idle.take(backend)
+        if conn is not None:
+            self._attach(exchange, conn)
+            return
+        exchange.connecting = self._loop.create_task(self._connect(exchange, backend))
+
+    async def _connect(self, exchange: Exchange, backend: Backend) -> None:
+        hub = self.hub
+        loop = self._loop
+        began = loop.time()
+        try:
+            async with asyncio.timeout(self.listener.connect_timeout or None):
+                _, conn = await loop.create_connection(
+                    lambda: BackendConnection(backend, hub.backends, hub.idle, hub.buffer_size),
+                    backend.host,
+                    backend.port,
+                )
+        except (OSError, TimeoutError):
+            exchange.connecting = None
+            self._health(hub.backends.connect_failed(backend, self._loop.time()))
+            if exchange is not self._current or self._closing:
+                return
+            exchange.tried.append(backend)
+            exchange.attempts += 1
+            if exchange.attempts >= MAX_CONNECT_RETRIES:
+                message = f"No backend of cluster {exchange.cluster_id} accepted a connection."
+                self._local_error(exchange, 503, message)
+            else:
+                self._pick_backend(exchange)
+            return
+        exchange.connecting = None
+        now = loop.time()
+        self._health(hub.backends.connect_succeeded(backend, now, now - began))
+        if exchange is not self._current or self._closing:
+            hub.idle.put(conn)
+            return
+        self._attach(exchange, conn)
+
+    def _health(self, change: HealthChange | None) -> None:
+        if change is not None:
+            self.hub.health_changed(change)
+
+    def _attach(self, exchange: Exchange, conn: BackendConnection) -> None:
+        exchange.conn = conn
+        exchange.connected_at = self._loop.time()
+        conn.owner = self
+        if self._write_paused:  # the client is still slow: this backend waits too
+            conn.gate.pause(WRITE)
+        if conn.write_paused:  # the backend is still slow: the client waits too
+            self.gate.pause(WRITE)
+        hub = self.hub
+        hub.backends.request_started(conn.backend)
+        pending = exchange.pending
+        if pending:
+            conn.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            exchange.pending = []
+            exchange.pending_size = 0
+        self.gate.resume(PENDING)
+        if exchange.request_done:
+            self._arm_back(exchange)
+
+    def _send_back(self, exchange: Exchange, data: bytes) -> None:
+        replay = exchange.replay
+        if replay is not None:
+            replay.append(data)
+            exchange.replay_size += len(data)
+            if exchange.replay_size > self.hub.buffer_size:
+                exchange.replay = None  # too large to keep: not replayable
+        if exchange.conn is not None and exchange is self._current:
+            self._to_back.append(data)
+            return
+        exchange.pending.append(data)
+        exchange.pending_size += len(data)
+        if exchange.pending_size > self.hub.buffer_size:
+            self.gate.pause(PENDING)
+
+    def flush_back(self) -> None:
+        data = self._to_back
+        self._to_back = []
+        current = self._current
+        if current is not None and current.conn is not None:
+            current.conn.write(data[0] if len(data) == 1 else b"".join(data))
+            if current.request_done:
+                self._arm_back(current)
+
+    def flush_front(self) -> None:
+        data = self._to_front
+        if data and self.transport is not None:
+            self._to_front = []
+            if self.hub.access_log is not None and self._current is not None:
+                self._current.bytes_out += sum(len(part) for part in data)
+            self.transport.write(data[0] if len(data) == 1 else b"".join(data))
+
+    # --- the backend's answer (BackendConnection callbacks) ----------------------------
+
+    def response_head(self, conn: BackendConnection) -> None:
+        exchange = self._current
+        if exchange is None or exchange.conn is not conn:
+            return
+        status = conn.status
+        if 100 <= status < 200 and status != 101:
+            self._to_front.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, conn.reason or b"Continue"))
+            return
+        exchange.status = status
+        exchange.response_started = True
+        self._disarm()
+        if status == 101:
+            if not exchange.upgrade:
+                self.response_failed(conn, "101 answer to a request without upgrade")
+                return
+            framing = Framing.NONE
+        elif exchange.method == b"HEAD" or status in (204, 304):
+            framing = Framing.NONE
+            if exchange.method == b"HEAD":
+                conn.stop_at_head = True
+        else:
+            framing = conn.framing
+            if framing == Framing.NONE:
+                framing = Framing.CLOSE
+        close = not exchange.keep_alive or self.hub.draining or (exchange.upgrade and status != 101)
+        chunked = framing == Framing.CHUNKED
+        if framing == Framing.CLOSE or (chunked and exchange.http10):
+            close = True
+            chunked = False
+        exchange.response_chunked = chunked
+        exchange.response_close = framing == Framing.CLOSE or not conn.keep_alive()
+        exchange.close_client = close
+        set_cookie = None
+        backend = exchange.backend
+        if backend is not None and exchange.sticky_found != backend.sticky_id:
+            cluster = self.hub.routing.clusters.get(exchange.cluster_id)
+            if cluster is not None and cluster.sticky_session:
+                set_cookie = b"%s=%s; Path=/" % (
+                    self.listener.sticky_name,
+                    backend.sticky_id.encode("latin-1"),
+                )
+        connection = b"close" if close else (b"keep-alive" if exchange.http10 else None)
+        self._to_front.append(
+            response_head(
+                status,
+                conn.reason,
+                conn.headers,
+                request_id=exchange.request_id.encode("ascii"),
+                id_header=self.listener.id_header,
+                chunked=chunked,
+                set_cookie=set_cookie,
+                connection=connection,
+                drop=conn.drop,
+            )
+        )
+        if framing == Framing.NONE and status != 101:
+            self.response_complete(conn)
+        elif status != 101:
+            self._arm(self.listener.back_timeout)
+
+    def response_body(self, body: bytes) -> None:
+        exchange = self._current
+        if exchange is None:
+            return
+        self._to_front.append(chunk(body) if exchange.response_chunked else body)
+        if len(body) > 4096:  # a long answer: its idle time counts from now
+            self._arm(self.listener.back_timeout)
+
+    def response_complete(self, conn: BackendConnection) -> None:
+        exchange = self._current
+        if exchange is None or exchange.conn is not conn or not exchange.response_started:
+            return
+        if exchange.status == 101:
+            return
+        if exchange.response_chunked:
+            self._to_front.append(last_chunk(conn.trailers))
+        self._release_backend(exchange, reusable=exchange.request_done)
+        if not exchange.request_done:
+            exchange.close_client = True
+        self._finish(exchange)
+
+    def upgraded(self, conn: BackendConnection, rest: bytes) -> None:
+        """The backend switched protocols: both sides become a byte pipe."""
+        if rest:
+            self._to_front.append(rest)
+        self.flush_front()
+        self._arm(0)
+        self.gate.resume(PIPELINE | PENDING)
+
+    def pipe_from_backend(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _request_upgraded(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
+        """The parser stopped after a request asking to switch protocols: what follows it is
+        for the backend (sent after the head), and nothing more is parsed on this connection."""
+        exchange = self._queue[-1] if self._queue else self._current
+        if exchange is None or exchange.answer is not None or not exchange.upgrade:
+            if not self._closing:
+                self.flush_front()
+                self._close()
+            return
+        offset = upgrade.args[0] if upgrade.args else len(data)
+        rest = data[offset:]
+        if rest:
+            self._send_back(exchange, rest)
+        if self._to_back:
+            self.flush_back()
+
+    def response_too_large(self, conn: BackendConnection) -> None:
+        """The backend's response head does not fit in `buffer_size`: 507."""
+        exchange = self._current
+        conn.abort()
+        if exchange is None or exchange.conn is not conn:
+            return
+        self._drop_backend(exchange, abort=True)
+        if exchange.response_started:
+            self._close()
+            return
+        capacity = str(self.hub.buffer_size)
+        self._local_error(exchange, 507, "", capacity=capacity)
+
+    def response_failed(self, conn: BackendConnection, message: str) -> None:
+        exchange = self._current
+        conn.abort()
+        if exchange is None or exchange.conn is not conn:
+            return
+        self._drop_backend(exchange, abort=True)
+        if exchange.response_started:
+            self.flush_front()
+            self._close()
+            return
+        self._local_error(exchange, 502, message)
+
+    def backend_lost(self, conn: BackendConnection) -> None:
+        exchange = self._current
+        if exchange is None or exchange.conn is not conn:
+            return
+        if self.hub.backends is not None and exchange.backend is not None:
+            self.hub.backends.request_finished(exchange.backend)
+        exchange.conn = None
+        self.gate.resume(WRITE)
+        if exchange.response_started:
+            if exchange.status == 101 or (
+                exchange.response_close and not exchange.response_chunked
+            ):
+                self.flush_front()  # the body ended with the connection, as announced
+            self._close()
+            return
+        if conn.reused and exchange.replay is not None and not self._closing:
+            exchange.pending = list(exchange.replay)
+            exchange.pending_size = sum(len(p) for p in exchange.pending)
+            backend = conn.backend
+            exchange.connecting = self._loop.create_task(self._connect(exchange, backend))
+            return
+        self._local_error(exchange, 502, "The backend closed the connection before answering.")
+
+    # --- ending exchanges --------------------------------------------------------------
+
+    def _finish(self, exchange: Exchange) -> None:
+        """The answer of the exchange in front is complete: next one, or close."""
+        if self.hub.access_log is not None:
+            self._log_access(exchange)
+        self.flush_front()
+        self.hub.counters.answered(exchange.status)
+        self._served += 1
+        if exchange.close_client or self.hub.draining or self._closing:
+            self._close()
+            return
+        self._current = None
+        if self._queue:
+            self._start(self._queue.popleft())
+            if self._current is None or not self._queue:
+                self.gate.resume(PIPELINE)
+            return
+        if self._refusal is not None:
+            if self.transport is not None:
+                self.transport.write(self._refusal)
+            self._close()
+            return
+        self.gate.resume(PIPELINE)
+        if not self._in_request:
             self._arm(self.listener.front_timeout)
 
-    # --- helpers -------------------------------------------------------------------------
+    def _log_access(self, exchange: Exchange) -> None:
+        access_log = self.hub.access_log
+        assert access_log is not None
+        exchange.bytes_out += sum(len(part) for part in self._to_front)
+        now = self._loop.time()
+        backend = exchange.backend
+        connected = exchange.connected_at
+        access_log.http(
+            exchange.request_id,
+            exchange.cluster_id or None,
+            backend.backend_id if backend is not None else None,
+            f"{self._peer_ip.decode()}:{self._peer_port}",
+            exchange.method.decode("latin-1"),
+            exchange.authority,
+            exchange.path,
+            exchange.status,
+            exchange.bytes_in,
+            exchange.bytes_out,
+            (now - exchange.started) * 1e6,
+            (now - exchange.started) * 1e6,
+            (now - connected) * 1e6 if connected else None,
+            exchange.user_agent,
+            backend_address=backend.address if backend is not None else None,
+        )
 
-    def _send(self, answer: Answer, close: bool) -> None:
-        self.hub.counters.answered(answer.status)
-        transport = self.transport
-        if transport is None:
+    def _release_backend(self, exchange: Exchange, reusable: bool) -> None:
+        conn = exchange.conn
+        if conn is None:
             return
-        transport.write(answer.data)
-        if close:
-            self._closing = True
-            self._pending = None
-            self._disarm()
-            transport.close()
+        exchange.conn = None
+        self.gate.resume(WRITE)
+        backend = conn.backend
+        self.hub.backends.request_finished(backend)
+        if reusable and not exchange.response_close and not conn.closed:
+            self.hub.idle.put(conn)
+        else:
+            conn.close()
 
-    def _fail(self, answer: Answer) -> None:
-        self._send(answer, close=True)
+    def _drop_backend(self, exchange: Exchange, abort: bool) -> None:
+        task = exchange.connecting
+        if task is not None:
+            exchange.connecting = None
+            task.cancel()
+        conn = exchange.conn
+        if conn is not None:
+            exchange.conn = None
+            self.gate.resume(WRITE)
+            self.hub.backends.request_finished(conn.backend)
+            if abort:
+                conn.abort()
+            else:
+                conn.close()
+
+    def _answer_locally(self, exchange: Exchange, close: bool = False) -> None:
+        answer = exchange.answer
+        assert answer is not None
+        exchange.status = answer.status
+        exchange.response_started = True
+        self._to_front.append(answer.data)
+        if close or not answer.keep_alive or not exchange.keep_alive or not exchange.request_done:
+            exchange.close_client = True
+        self._finish(exchange)
+
+    def _local_error(
+        self, exchange: Exchange, status: int, message: str, capacity: str = ""
+    ) -> None:
+        backend = exchange.backend
+        duration = self.listener.back_timeout if status == 504 else 0.0
+        values = {
+            "REQUEST_ID": exchange.request_id,
+            "ROUTE": exchange.route,
+            "CLUSTER_ID": exchange.cluster_id,
+            "BACKEND_ID": backend.backend_id if backend is not None else "",
+            "MESSAGE": message,
+            "DURATION": f"{duration:g}s",
+            "PHASE": "Headers",
+            "CAPACITY": capacity,
+            "SUCCESSFULLY_PARSED": "null",
+            "PARTIALLY_PARSED": "null",
+            "INVALID": "null",
+        }
+        cluster = self.hub.routing.clusters.get(exchange.cluster_id)
+        exchange.answer = render(status, self.listener, cluster, values)
+        self._answer_locally(exchange)
+
+    def _refuse(self, answer: Answer) -> None:
+        """An answer that ends the connection (parse errors, limits, timeouts)."""
+        self.hub.counters.answered(answer.status)
+        current = self._current
+        if current is not None and current is not self._parsing:
+            # earlier requests are answered first; nothing is read any more
+            self._refusal = answer.data
+            self.gate.pause(PIPELINE)
+            return
+        if current is not None:
+            if current.response_started:
+                self._close()  # an answer is on its way: a refusal cannot follow it
+                return
+            self._drop_backend(current, abort=True)
+        if self.transport is not None:
+            self.transport.write(answer.data)
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._disarm()
+        for exchange in (self._current, *self._queue):
+            if exchange is not None:
+                self._drop_backend(exchange, abort=False)
+        if self.transport is not None:
+            self.transport.close()
 
     def _too_large(self) -> None:
         values = {
@@ -324,35 +994,70 @@ class HttpSession(Session):
             "PHASE": self._phase(),
             "MESSAGE": "",
         }
-        self._fail(render(413, self.listener, None, values))
+        self._refuse(render(413, self.listener, None, values))
+
+    def _head_size(self) -> int:
+        size = len(self._url) + 16
+        for name, value in self._headers:
+            size += len(name) + len(value) + 4
+        return size
 
     def _phase(self) -> str:
         if not self._in_request or not self._url:
             return "StatusLine"
         return "Body" if self._headers_done else "Headers"
 
+    # --- timers --------------------------------------------------------------------------
+
     def _arm(self, delay: float) -> None:
-        self._disarm()
-        if self.transport is not None and delay > 0:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(delay, self._timed_out)
+        """One deadline for the client side (request, front or back timeout); 0 disarms."""
+        if delay <= 0 or self.transport is None:
+            self._deadline = 0.0
+            return
+        loop = self._loop
+        deadline = loop.time() + delay
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._timed_out)
+
+    def _arm_back(self, exchange: Exchange) -> None:
+        if not exchange.response_started:
+            self._arm(self.listener.back_timeout)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self._closing or self.transport is None:
+        if self._closing or self.transport is None or not self._deadline:
             return
-        if self._served and not self._in_request:
-            self._closing = True
-            self.transport.close()
+        loop = self._loop
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._timed_out)
+            return
+        self._deadline = 0.0
+        current = self._current
+        if (
+            current is not None
+            and current.request_done
+            and not current.response_started
+            and current.answer is None
+        ):
+            self._drop_backend(current, abort=True)
+            self._local_error(current, 504, "")
+            return
+        if current is not None and current.response_started:
+            self._close()  # the backend stalled in the middle of its answer
+            return
+        if self._served and not self._in_request and current is None:
+            self._close()
             return
         values = {
             "REQUEST_ID": new_request_id(),
             "ROUTE": "",
             "DURATION": f"{self.listener.request_timeout:g}s",
         }
-        self._fail(render(408, self.listener, None, values))
+        self._refuse(render(408, self.listener, None, values))

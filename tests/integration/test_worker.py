@@ -263,7 +263,7 @@ def test_changes_and_queries_answer_from_the_worker_state(worker: Worker) -> Non
     backend = AddBackend(cluster_id="app", backend_id="app-0", address=to_proto("127.0.0.1:1"))
     assert worker.call(Request(add_backend=backend)).status == OK
     response = worker.get("APP.example:80")
-    assert response.status == 503 and b"not available yet" in response.read()
+    assert response.status == 503 and b"No backend available" in response.read()
 
     deny = Request(add_http_frontend=front(worker.address, "private.example", None))
     assert worker.call(deny).status == OK

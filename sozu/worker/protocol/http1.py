@@ -9,8 +9,8 @@ which routes it (`sozu.worker.router`) and picks the answer as Sōzu does at tha
 - the cluster asks for `https_redirect` and the listener is plain HTTP -> 301 to
   `https://<host>[:https_redirect_port]<path>`;
 - the cluster is unknown or has no backend -> 503 "no backend available for cluster ...";
-- otherwise the request is for a backend: `Answer.forward` is set (proxying is the next
-  issue; the session answers 503 "proxying is not available yet" in the meantime).
+- otherwise the request is for a backend: `Answer.forward` is set and the session proxies it
+  (`sozu.worker.session`).
 
 `ListenerView` and `ClusterView` are the worker's precomputed, read-only summaries of its
 state (templates compiled once per change), so answering costs a router lookup and one
@@ -35,6 +35,13 @@ class ListenerView:
     templates: Mapping[str, Template] = field(default_factory=dict)
     front_timeout: float = 60.0
     request_timeout: float = 10.0
+    back_timeout: float = 30.0
+    connect_timeout: float = 3.0
+    sticky_name: bytes = b"SOZUBALANCEID"
+    id_header: bytes = b"Sozu-Id"
+    public_ip: bytes = b""
+    public_port: bytes = b""
+    proto: bytes = b"http"
 
 
 @dataclass(slots=True)
@@ -45,6 +52,7 @@ class ClusterView:
     https_redirect: bool = False
     https_redirect_port: int | None = None
     backends: int = 0
+    sticky_session: bool = False
     templates: Mapping[str, Template] = field(default_factory=dict)
 
 
@@ -110,6 +118,24 @@ def bad_request(
     return render(400, listener, None, values)
 
 
+_HOSTS: dict[str, str | None] = {}
+_HOSTS_MAX = 4096
+_FORWARDS: dict[str, Answer] = {}
+
+
+def host_of(authority: str) -> str | None:
+    """`split_host_port`, remembered (clients send the same few Host values again and again)."""
+    try:
+        return _HOSTS[authority]
+    except KeyError:
+        pass
+    host = split_host_port(authority)
+    if len(_HOSTS) >= _HOSTS_MAX:
+        _HOSTS.clear()
+    _HOSTS[authority] = host
+    return host
+
+
 def answer_request(
     listener: ListenerView,
     routing: Routing,
@@ -119,31 +145,42 @@ def answer_request(
     request_id: str,
 ) -> Answer:
     """The answer to a complete request head received on `listener` (module docstring)."""
-    route_value = route_text(method, authority, path)
-    values = {"REQUEST_ID": request_id, "ROUTE": route_value}
     if authority is None:
         return bad_request(listener, request_id, "The request names no host.", "Headers", method)
-    host = split_host_port(authority)
+    host = host_of(authority)
     if host is None:
         message = f"Invalid host {authority!r}."
+        route_value = route_text(method, authority, path)
         return bad_request(listener, request_id, message, "Headers", route_value)
     routers = routing.https if listener.https else routing.http
     route = routers.lookup(listener.address, host, path, method)
+    if route is not None and route.cluster_id is not None:
+        cluster = routing.clusters.get(route.cluster_id)
+        if (
+            cluster is not None
+            and cluster.backends
+            and not (cluster.https_redirect and not listener.https)
+        ):
+            forward = _FORWARDS.get(route.cluster_id)
+            if forward is None or forward.route is not route:
+                forward = Answer(0, b"", True, route.cluster_id, route, forward=True)
+                if len(_FORWARDS) >= _HOSTS_MAX:
+                    _FORWARDS.clear()
+                _FORWARDS[route.cluster_id] = forward
+            return forward
+    values = {"REQUEST_ID": request_id, "ROUTE": route_text(method, authority, path)}
     if route is None:
         return render(404, listener, None, values)
     if route.cluster_id is None:
         values["WWW_AUTHENTICATE"] = ""
         return _with_route(render(401, listener, None, values), route)
-    cluster = routing.clusters.get(route.cluster_id)
     values["CLUSTER_ID"] = route.cluster_id
     if cluster is not None and cluster.https_redirect and not listener.https:
         port = f":{cluster.https_redirect_port}" if cluster.https_redirect_port else ""
         values["REDIRECT_LOCATION"] = f"https://{host}{port}{path}"
         return _with_route(render(301, listener, cluster, values), route)
-    if cluster is None or cluster.backends == 0:
-        values["MESSAGE"] = f"No backend available for cluster {route.cluster_id}."
-        return _with_route(render(503, listener, cluster, values), route)
-    return Answer(0, b"", True, route.cluster_id, route, forward=True)
+    values["MESSAGE"] = f"No backend available for cluster {route.cluster_id}."
+    return _with_route(render(503, listener, cluster, values), route)
 
 
 def _with_route(answer: Answer, route: Route) -> Answer:

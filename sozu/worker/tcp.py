@@ -1,0 +1,350 @@
+"""TCP listeners' sessions: accept, pick a backend, connect, then a byte pipe both ways.
+
+`TcpSession` is the asyncio Protocol of an accepted client connection on a TCP listener. It
+reads nothing until a backend is connected: the cluster of the TCP frontend on its listener's
+address is asked to the `BackendPool` (the cluster's load balancing, backups last), the
+connection is tried within `connect_timeout`, and a failure moves to another backend (at most
+`MAX_CONNECT_RETRIES` tries, each failure reported to the pool, which marks a backend that
+keeps failing down); no cluster, no backend or no successful connection closes the client.
+
+Then bytes flow both ways untouched. Back-pressure: each transport's write buffer has its
+high-water mark at `buffer_size`; over it, the other side stops reading until the buffer
+drains, so a session holds a bounded amount of memory whatever the transfer size.
+Half-close, idle timeouts and the end of the pipe are decided by `protocol.pipe.PipeState`.
+
+`TcpRoutes` is the worker's table (listener address -> cluster, listener timeouts) rebuilt
+from the ConfigState on change. One access log record is written per session when enabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from sozu.command.addresses import to_text
+from sozu.command.logging import get_logger
+from sozu.command.proto import FrontendFilters, ListenerType, TcpListenerConfig
+from sozu.command.state import ConfigState
+from sozu.worker.access_log import AccessLog
+from sozu.worker.backends import MAX_CONNECT_RETRIES, Backend, BackendPool
+from sozu.worker.protocol.pipe import BACK, FRONT, PipeState, Verdict
+
+log = get_logger(__name__)
+
+
+class Hub(Protocol):
+    """What a TCP session needs from the worker's session hub (admission, stop orders)."""
+
+    buffer_size: int
+
+    def admit(self, session: Any) -> bool: ...
+
+    def release(self, session: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class TcpListenerView:
+    address: str
+    cluster_id: str | None
+    front_timeout: float = 60.0
+    back_timeout: float = 30.0
+    connect_timeout: float = 3.0
+
+
+class TcpRoutes:
+    """Listener address -> its TCP frontend's cluster and timeouts; rebuilt on change."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, TcpListenerView] = {}
+
+    def get(self, address: str) -> TcpListenerView:
+        return self.views.get(address) or TcpListenerView(address, None)
+
+    def rebuild(self, state: ConfigState) -> None:
+        clusters: dict[str, str] = {}
+        listed = state.list_frontends(FrontendFilters(http=False, https=False, tcp=True))
+        for front in listed.tcp_frontends:
+            clusters.setdefault(to_text(front.address), front.cluster_id)
+        views: dict[str, TcpListenerView] = {}
+        for listener in state.listeners(ListenerType.TCP):
+            assert isinstance(listener, TcpListenerConfig)
+            address = to_text(listener.address)
+            views[address] = TcpListenerView(
+                address,
+                clusters.get(address),
+                float(listener.front_timeout),
+                float(listener.back_timeout),
+                float(listener.connect_timeout),
+            )
+        self.views = views
+
+
+class _BackSide(asyncio.Protocol):
+    """The backend connection of a TCP session: everything goes to the session."""
+
+    def __init__(self, session: TcpSession) -> None:
+        self.session = session
+
+    def data_received(self, data: bytes) -> None:
+        self.session.back_data(data)
+
+    def eof_received(self) -> bool | None:
+        return self.session.side_ended(BACK)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.side_lost(BACK)
+
+    def pause_writing(self) -> None:
+        self.session.pause(FRONT)
+
+    def resume_writing(self) -> None:
+        self.session.resume(FRONT)
+
+
+class TcpSession(asyncio.Protocol):
+    """One client connection of a TCP listener (module docstring)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        view: TcpListenerView,
+        backends: Callable[[], BackendPool],
+        access_log: AccessLog | None = None,
+        session_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.view = view
+        self.backends = backends
+        self.access_log = access_log
+        self.session_id = session_id() if session_id is not None else ""
+        self.front: asyncio.Transport | None = None
+        self.back: asyncio.Transport | None = None
+        self.backend: Backend | None = None
+        self.pipe: PipeState | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._client = "-"
+        self._started = 0.0
+        self._done = False
+        self._early: list[bytes] = []  # client bytes received before the backend connected
+        self._early_size = 0
+        self._early_eof = False
+
+    # --- client side -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.front = cast(asyncio.Transport, transport)
+        if not self.hub.admit(self):
+            self._done = True
+            self.front.close()
+            self.front = None
+            return
+        self._started = time.monotonic()
+        peer = self.front.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._client = f"{peer[0]}:{peer[1]}"
+        self.front.pause_reading()
+        self.front.set_write_buffer_limits(high=self.hub.buffer_size)
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        self._connecting.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("tcp_session_crashed", error=repr(task.exception()))
+            self._finish("internal error")
+
+    def data_received(self, data: bytes) -> None:
+        if self.back is None or self.pipe is None:
+            # reading is paused until the backend is connected, but an event loop may have
+            # read already: keep it, bounded by buffer_size
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size >= self.hub.buffer_size and self.front is not None:
+                self.front.pause_reading()
+            return
+        self.pipe.received(FRONT, len(data), time.monotonic())
+        self.back.write(data)
+
+    def eof_received(self) -> bool | None:
+        if self.pipe is None and not self._done:
+            self._early_eof = True
+            return True
+        return self.side_ended(FRONT)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.side_lost(FRONT)
+
+    def pause_writing(self) -> None:
+        self.pause(BACK)
+
+    def resume_writing(self) -> None:
+        self.resume(BACK)
+
+    # --- stop orders (SessionHub) ------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Soft stop: a TCP stream has no exchange boundary; it keeps running until its end
+        or the hub's grace period cuts it."""
+
+    def abort(self) -> None:
+        self._finish("aborted")
+
+    # --- backend connection --------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        cluster_id = self.view.cluster_id
+        log.debug("tcp_session_connecting", address=self.view.address, cluster_id=cluster_id)
+        if cluster_id is None:
+            self._finish("no TCP frontend on this listener")
+            return
+        pool = self.backends()
+        tried: list[Backend] = []
+        loop = asyncio.get_running_loop()
+        for _ in range(MAX_CONNECT_RETRIES):
+            backend = pool.choose(cluster_id, time.monotonic(), exclude=tried)
+            if backend is None:
+                break
+            tried.append(backend)
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(lambda: _BackSide(self), backend.host, backend.port),
+                    self.view.connect_timeout or None,
+                )
+            except (OSError, TimeoutError) as error:
+                change = pool.connect_failed(backend, time.monotonic())
+                log.debug("tcp_connect_failed", backend=backend.backend_id, error=str(error))
+                if change is not None:
+                    log.warning(
+                        "backend_down" if not change.up else "backend_up",
+                        cluster_id=cluster_id,
+                        backend_id=backend.backend_id,
+                        address=backend.address,
+                    )
+                continue
+            if self._done or self.front is None:
+                transport.close()
+                return
+            change = pool.connect_succeeded(backend, time.monotonic())
+            if change is not None and change.up:
+                log.info("backend_up", cluster_id=cluster_id, backend_id=backend.backend_id)
+            pool.connection_opened(backend)
+            self.backend = backend
+            self._piped(transport)
+            return
+        self._finish("no backend available" if not tried else "cannot connect to any backend")
+
+    def _piped(self, back: asyncio.Transport) -> None:
+        assert self.front is not None
+        self.back = back
+        back.set_write_buffer_limits(high=self.hub.buffer_size)
+        now = time.monotonic()
+        self.pipe = PipeState(self.view.front_timeout, self.view.back_timeout, now)
+        self._arm()
+        if self._early:
+            data = b"".join(self._early)
+            self._early.clear()
+            self.pipe.received(FRONT, len(data), now)
+            back.write(data)
+        if self._early_eof:
+            self.side_ended(FRONT)
+            return
+        self.front.resume_reading()
+
+    # --- pipe events ---------------------------------------------------------------------
+
+    def back_data(self, data: bytes) -> None:
+        if self.front is None or self.pipe is None:
+            return
+        self.pipe.received(BACK, len(data), time.monotonic())
+        self.front.write(data)
+
+    def side_ended(self, side: str) -> bool | None:
+        if self.pipe is None:
+            self._finish("client closed before the backend connection")
+            return None
+        other = self.back if side == FRONT else self.front
+        can = other is not None and other.can_write_eof()
+        verdict = self.pipe.ended(side, can)
+        if verdict is Verdict.SHUT_OTHER and other is not None:
+            other.write_eof()
+            return True  # keep this transport open for the other direction
+        self._finish(None)
+        return None
+
+    def side_lost(self, side: str) -> None:
+        if side == FRONT:
+            self.front = None
+        else:
+            self.back = None
+        self._finish(None)
+
+    def pause(self, reader: str) -> None:
+        transport = self.front if reader == FRONT else self.back
+        if transport is not None:
+            with contextlib.suppress(RuntimeError):
+                transport.pause_reading()
+
+    def resume(self, reader: str) -> None:
+        transport = self.front if reader == FRONT else self.back
+        if transport is not None:
+            with contextlib.suppress(RuntimeError):
+                transport.resume_reading()
+
+    # --- timeouts and the end ------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self.pipe is None or self._done:
+            return
+        deadline = self.pipe.next_deadline()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(deadline - time.monotonic() + loop.time(), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.pipe is None or self._done:
+            return
+        side = self.pipe.idle_side(time.monotonic())
+        if side is not None:
+            self._finish(f"{side} timeout")
+            return
+        self._arm()
+
+    def _finish(self, reason: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        for transport in (self.front, self.back):
+            if transport is not None:
+                if reason is not None:
+                    transport.abort()
+                else:
+                    transport.close()
+        if self.backend is not None:
+            self.backends().connection_closed(self.backend)
+        if reason is not None:
+            log.debug("tcp_session_closed", address=self.view.address, reason=reason)
+        if self.access_log is not None:
+            pipe = self.pipe
+            self.access_log.tcp(
+                self.session_id,
+                self.view.cluster_id,
+                self.backend.backend_id if self.backend is not None else None,
+                self._client,
+                self.backend.address if self.backend is not None else None,
+                pipe.bytes_in if pipe is not None else 0,
+                pipe.bytes_out if pipe is not None else 0,
+                (time.monotonic() - self._started) * 1e6,
+                message=reason,
+            )
+        self.hub.release(self)
