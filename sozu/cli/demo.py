@@ -13,6 +13,7 @@ import http.client
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 
 from sozu.command.addresses import parse_address
-from sozu.command.config import Config, HttpFrontendConfig, load_config
+from sozu.command.certificate import self_signed
+from sozu.command.config import Config, HttpFrontendConfig, ListenerProtocol, load_config
 from sozu.command.config import demo_config_path as packaged_demo_config
 from sozu.command.errors import SozuError
 from sozu.demo.backend import run_forever
@@ -74,10 +76,50 @@ def wait_ready(command: list[str], process: subprocess.Popen[bytes]) -> None:
     raise SozuError(f"sozu did not answer within {STARTUP_SECONDS:.0f} s")
 
 
-def fetch(frontend: HttpFrontendConfig) -> str:
-    """One request through the proxy, as the printed curl line sends it."""
+def add_https_frontend(
+    command: list[str], config: Config, frontend: HttpFrontendConfig
+) -> HttpFrontendConfig | None:
+    """Give the first HTTPS listener a fresh self-signed certificate and an HTTPS frontend.
+
+    Done live with the CLI, as an operator would: `certificate add`, then `frontend https add`.
+    """
+    https = config.listeners_of(ListenerProtocol.HTTPS)
+    if not https:
+        return None
+    address = https[0].address
+    certificate, key = self_signed(frontend.hostname)
+    folder = config.config_path.parent
+    certificate_path = folder / "demo-cert.pem"
+    certificate_path.write_text(certificate)
+    chain_path = folder / "demo-chain.pem"
+    chain_path.write_text("")  # self-signed: no intermediate certificates
+    key_path = folder / "demo-key.pem"
+    key_path.touch(mode=0o600)
+    key_path.write_text(key)
+    steps = [
+        ["certificate", "add", "-a", address, "--certificate", str(certificate_path),
+         "--certificate-chain", str(chain_path), "--key", str(key_path)],
+        ["frontend", "https", "add", "-a", address, "--hostname", frontend.hostname,
+         "id", config.clusters[0].cluster_id],
+    ]  # fmt: skip
+    for words in steps:
+        result = subprocess.run([*command, *words], capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise SozuError(f"demo set-up `sozu {' '.join(words)}` failed: {result.stderr.strip()}")
+    return HttpFrontendConfig(address=address, hostname=frontend.hostname)
+
+
+def fetch(frontend: HttpFrontendConfig, tls: bool = False) -> str:
+    """One request through the proxy, as the printed curl line sends it (`-k` for TLS)."""
     ip, port = parse_address(frontend.address)
-    connection = http.client.HTTPConnection(str(ip), port, timeout=10)
+    connection: http.client.HTTPConnection
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the demo certificate is self-signed
+        connection = http.client.HTTPSConnection(str(ip), port, timeout=10, context=context)
+    else:
+        connection = http.client.HTTPConnection(str(ip), port, timeout=10)
     try:
         connection.request("GET", "/", headers={"Host": frontend.hostname})
         answer = connection.getresponse()
@@ -107,8 +149,19 @@ def run(args: argparse.Namespace) -> int:
         curl = f"curl -H 'Host: {frontend.hostname}' http://{frontend.address}/"
         print(f"sozu-py is running on {path} (supervisor pid {process.pid}, log {log_path})")
         print(f"\n$ {curl}\n{fetch(frontend)}")
+        secure = add_https_frontend(command, config, frontend)
+        curls = [curl]
+        if secure is not None:
+            _, _, port = secure.address.rpartition(":")
+            curl_tls = (
+                f"curl -k --resolve {secure.hostname}:{port}:127.0.0.1 "
+                f"https://{secure.hostname}:{port}/"
+            )
+            print(f"$ {curl_tls}\n{fetch(secure, tls=True)}")
+            curls.append(curl_tls)
         print("While it runs, try:")
-        print(f"  {curl}")
+        for line in curls:
+            print(f"  {line}")
         print(f"  sozu -c {path} status")
         print(f"  sozu -c {path} cluster list")
         print(f"  sozu -c {path} events")

@@ -31,7 +31,8 @@ def test_demo_once_shows_an_answer_through_the_proxy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "$ curl -H 'Host: localhost' http://127.0.0.1:" in result.stdout
-    assert "HTTP/1.1 " in result.stdout
+    assert result.stdout.count("HTTP/1.1 200 OK\nHello from the sozu-py demo backend") == 2
+    assert "$ curl -k --resolve localhost:" in result.stdout  # the HTTPS frontend added live
     assert f"sozu -c {config} status" in result.stdout
     assert not (tmp_path / "sozu.sock").exists()  # the supervisor was shut down
 
