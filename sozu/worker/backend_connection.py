@@ -7,9 +7,18 @@ the `response_*` callbacks; once the exchange is over the connection goes back t
 bytes or is closed by the backend leaves the pool. After a `101 Switching Protocols` the
 connection becomes a plain pipe: bytes go to `owner.pipe_from_backend` unparsed.
 
-The backend's response is parsed with httptools' `HttpResponseParser` (llhttp). httptools has
-no way to tell the parser that a response answers a HEAD request, so for HEAD the session ends
-the response at its head and the parser is replaced before the next response.
+The backend's response is parsed with httptools' `HttpResponseParser` (llhttp), in one of two
+ways chosen once its head is complete (bytes are kept until the blank line, at most
+`buffer_size`). The common answer (final status, one Content-Length, no hop-by-hop header but
+`Connection`, not for HEAD: `headers.scan_response_head`) is read as bytes: a parser without
+callbacks (`_SINK`) only validates its head (once per distinct head: `_VALID_HEADS`), the body
+is counted down from Content-Length and the session gets it in one `response_fast` call. Any
+other answer goes to a fresh parser with per-header callbacks (`response_head` /
+`response_body` / `response_complete`), which keeps the connection until a final answer is
+complete. httptools has no way to tell the parser that a response answers a HEAD request, so
+for HEAD the session ends the response at its head and the parser is replaced before the next
+response. Bytes a backend sends beyond the end of its answer close the connection once that
+answer is delivered.
 
 `BackendPool` (sans-io, `sozu.worker.backends`) is told about each opened and closed
 connection, so least-loaded policies see live counts.
@@ -24,7 +33,7 @@ import httptools
 
 from sozu.worker.backends import Backend, BackendPool
 from sozu.worker.flow_control import WRITE, ReadGate
-from sozu.worker.protocol.headers import Framing, connection_extras
+from sozu.worker.protocol.headers import Framing, connection_extras, scan_response_head
 
 if TYPE_CHECKING:
     from sozu.worker.session import HttpSession
@@ -41,19 +50,44 @@ class _TooLarge(Exception):
     """Raised from a parser callback when a response head exceeds `buffer_size`."""
 
 
+class _Sink:
+    """A parser protocol with no callbacks: llhttp only validates (and keeps its place)."""
+
+    __slots__ = ()
+
+
+_SINK = _Sink()
+
+_VALID_HEADS: set[bytes] = set()
+"""Response heads (status line and headers) llhttp accepted, so the same bytes again need no
+parser: a backend sends the same few heads again and again (`Date` changes once a second)."""
+_VALID_HEADS_MAX = 256
+
+_HEAD = 0  # waiting for a response head (bytes kept in `_buf`)
+_FAST = 1  # in the body of an answer read as bytes (`_remaining` bytes to go)
+_FULL = 2  # the callback parser has the connection until a final answer is complete
+
+
 class BackendConnection(asyncio.Protocol):
     """One connection to a backend (module docstring)."""
 
     __slots__ = (
+        "_buf",
         "_buffer_size",
         "_chunk",
         "_head_bytes",
         "_in_body",
+        "_keep",
+        "_mode",
+        "_remaining",
+        "_sink",
         "backend",
         "closed",
         "drop",
+        "fast_head",
         "framing",
         "gate",
+        "head_request",
         "headers",
         "idle",
         "owner",
@@ -92,6 +126,13 @@ class BackendConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._chunk = 0
         self._buffer_size = buffer_size
+        self._mode = _HEAD
+        self._buf = b""
+        self._sink: Any = httptools.HttpResponseParser(_SINK)
+        self._remaining = 0
+        self._keep = True
+        self.fast_head: bytes | None = None
+        self.head_request = False
 
     # --- transport events ------------------------------------------------------------------
 
@@ -109,6 +150,82 @@ class BackendConnection(asyncio.Protocol):
         if self.piping:
             owner.pipe_from_backend(data)
             return
+        mode = self._mode
+        if mode == _FAST:
+            self._fast_body(owner, data)
+        elif mode == _FULL:
+            self._feed(owner, data)
+        else:
+            self._head(owner, data)
+
+    def _head(self, owner: HttpSession, data: bytes) -> None:
+        """Bytes while waiting for a head: kept until it is complete, then read one way."""
+        fragmented = bool(self._buf)
+        buf = self._buf + data if fragmented else data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > self._buffer_size:
+            if len(buf) > self._buffer_size:
+                self._buf = b""
+                owner.response_too_large(self)
+                return
+            try:
+                self._sink.feed_data(data)  # refuse garbage now, not at the blank line
+            except httptools.HttpParserUpgrade:
+                pass
+            except httptools.HttpParserError as error:
+                owner.response_failed(self, str(error.__cause__ or error) or "invalid response")
+                return
+            self._buf = buf
+            return
+        self._buf = b""
+        head = buf[: end + 2]
+        scanned = None if self.head_request else scan_response_head(head)
+        if scanned is None:
+            self._mode = _FULL
+            self._sink = httptools.HttpResponseParser(_SINK)
+            self.parser = httptools.HttpResponseParser(self)
+            self._feed(owner, buf)
+            return
+        status, fast_head, length, keep = scanned
+        body_start = end + 4
+        if head not in _VALID_HEADS:  # llhttp reads these bytes once
+            try:
+                self._sink.feed_data(data[: len(data) - (len(buf) - body_start)])
+            except httptools.HttpParserError as error:
+                owner.response_failed(self, str(error.__cause__ or error) or "invalid response")
+                return
+            self._sink = httptools.HttpResponseParser(_SINK)  # it waits for a body now
+            if len(_VALID_HEADS) >= _VALID_HEADS_MAX:
+                _VALID_HEADS.clear()
+            _VALID_HEADS.add(head)
+        elif fragmented:
+            self._sink = httptools.HttpResponseParser(_SINK)  # it saw the start of this head
+        body_end = body_start + length
+        if len(buf) > body_end:  # bytes nobody asked for: this connection is not reused
+            keep = False
+        self.status = status
+        self.fast_head = fast_head
+        self.framing = Framing.LENGTH
+        self._keep = keep
+        body = buf[body_start:body_end]
+        self._remaining = remaining = length - len(body)
+        self._mode = _FAST if remaining else _HEAD
+        owner.response_fast(self, body, not remaining)
+
+    def _fast_body(self, owner: HttpSession, data: bytes) -> None:
+        remaining = self._remaining
+        if len(data) > remaining:  # bytes beyond the answer: no reuse of this connection
+            data = data[:remaining]
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        self._remaining = remaining = remaining - len(data)
+        if not remaining:
+            self._mode = _HEAD
+        owner.response_fast(self, data, not remaining)
+
+    def _feed(self, owner: HttpSession, data: bytes) -> None:
+        """The callback parser (any answer the byte path does not take)."""
         self._chunk = len(data)
         try:
             self.parser.feed_data(data)
@@ -127,6 +244,7 @@ class BackendConnection(asyncio.Protocol):
             if isinstance(error.__context__, _StopParsing) or self.stop_at_head:
                 self.parser = httptools.HttpResponseParser(self)
                 self.stop_at_head = False
+                self._mode = _HEAD
             else:
                 owner.response_failed(self, str(error.__cause__ or error))
                 return
@@ -165,6 +283,7 @@ class BackendConnection(asyncio.Protocol):
     # --- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.fast_head = None
         self.headers = []
         self.trailers = []
         self.reason = b""
@@ -213,12 +332,16 @@ class BackendConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        if self.status >= 200:
+            self._mode = _HEAD
         if self.owner is not None:
             self.owner.response_complete(self)
 
     # --- helpers ---------------------------------------------------------------------------
 
     def keep_alive(self) -> bool:
+        if self.fast_head is not None:
+            return self._keep
         return bool(self.parser.should_keep_alive())
 
     def write(self, data: bytes) -> None:

@@ -41,6 +41,15 @@ _ERROR_NAMES = {
 _REDIRECT_NAMES = {301: "http.301.redirection", 302: "http.302.redirection"}
 
 
+def _answer_names(status: int) -> tuple[str, ...]:
+    name = _ERROR_NAMES.get(status) or _REDIRECT_NAMES.get(status)
+    family = f"http.status.{status // 100}xx"
+    return (family,) if name is None else (name, family)
+
+
+_ANSWER_NAMES = {status: _answer_names(status) for status in range(100, 600)}
+
+
 class Counters:
     """Monotonic counts of one worker; gauges are read when asked (`gauges`)."""
 
@@ -59,10 +68,9 @@ class Counters:
         """Count one answer written by the proxy itself."""
         if not self.enabled:
             return
-        name = _ERROR_NAMES.get(status) or _REDIRECT_NAMES.get(status)
-        if name is not None:
-            self.counts[name] += 1
-        self.counts[f"http.status.{status // 100}xx"] += 1
+        counts = self.counts
+        for name in _ANSWER_NAMES.get(status) or _answer_names(status):
+            counts[name] += 1
 
     def configure(self, configuration: int) -> None:
         if configuration == MetricsConfiguration.ENABLED:

@@ -208,6 +208,14 @@ class _PathHit(enum.Enum):
     EQUALS = 3
 
 
+_NO_HIT = _PathHit.NONE
+_PREFIX_HIT = _PathHit.PREFIX
+_REGEX_HIT = _PathHit.REGEX
+_EQUALS_HIT = _PathHit.EQUALS
+_PREFIX = int(PathRuleKind.PREFIX)  # plain ints: a protobuf enum attribute costs a call
+_EQUALS = int(PathRuleKind.EQUALS)
+
+
 @dataclass(frozen=True, slots=True)
 class PathRule:
     """A frontend's path rule: prefix, exact path or regex (compared by kind and source)."""
@@ -229,12 +237,13 @@ class PathRule:
         return cls(kind, value)
 
     def hit(self, path: str) -> _PathHit:
-        if self.kind == PathRuleKind.PREFIX:
-            return _PathHit.PREFIX if path.startswith(self.value) else _PathHit.NONE
-        if self.kind == PathRuleKind.EQUALS:
-            return _PathHit.EQUALS if path == self.value else _PathHit.NONE
+        kind = self.kind
+        if kind == _PREFIX:
+            return _PREFIX_HIT if path.startswith(self.value) else _NO_HIT
+        if kind == _EQUALS:
+            return _EQUALS_HIT if path == self.value else _NO_HIT
         assert self.pattern is not None
-        return _PathHit.REGEX if self.pattern.search(path) is not None else _PathHit.NONE
+        return _REGEX_HIT if self.pattern.search(path) is not None else _NO_HIT
 
 
 @dataclass(slots=True)
@@ -261,9 +270,9 @@ def _select(rules: list[_Rule], path: str, method: str) -> Route | None:
         if rule.method is not None and rule.method != method:
             continue
         hit = rule.path.hit(path)
-        if hit is _PathHit.NONE:
+        if hit is _NO_HIT:
             continue
-        if hit is _PathHit.PREFIX:
+        if hit is _PREFIX_HIT:
             size = len(rule.path.value)
             if size >= best_length:
                 best_length = size
@@ -281,7 +290,7 @@ def _linear_lookup(rules: list[_LinearRule], host: str, path: str, method: str) 
         rule = entry.rule
         if rule.method is not None and rule.method != method:
             continue
-        if entry.domain.matches(host) and rule.path.hit(path) is not _PathHit.NONE:
+        if entry.domain.matches(host) and rule.path.hit(path) is not _NO_HIT:
             return rule.route
     return None
 
@@ -307,8 +316,13 @@ class Router:
         tree += sum(len(r) for _, _, r in self._regex_hosts)
         return len(self._pre) + len(self._post) + tree
 
+    generation = 0
+    """Bumped by every `add` / `remove` of any router: a lookup remembered under an older
+    generation may be stale (`HttpSession` keeps its connection's last route)."""
+
     def add(self, front: RequestHttpFrontend) -> None:
         """Add a frontend; RouterError when it is invalid or the same rule is already there."""
+        Router.generation += 1
         path = PathRule.from_frontend(front)
         method = front.method if front.HasField("method") else None
         cluster_id = front.cluster_id if front.HasField("cluster_id") else None
@@ -328,6 +342,7 @@ class Router:
 
     def remove(self, front: RequestHttpFrontend) -> None:
         """Remove the rule with this frontend's hostname, path and method; RouterError if absent."""
+        Router.generation += 1
         path = PathRule.from_frontend(front)
         method = front.method if front.HasField("method") else None
         if front.position in (RulePosition.PRE, RulePosition.POST):
@@ -350,15 +365,20 @@ class Router:
 
     def lookup(self, host: str, path: str, method: str) -> Route | None:
         """The route for a request (host already lower-cased, without port), or None."""
-        found = _linear_lookup(self._pre, host, path, method)
-        if found is not None:
-            return found
-        rules = self._find_tree_rules(host)
+        if self._pre:
+            found = _linear_lookup(self._pre, host, path, method)
+            if found is not None:
+                return found
+        rules = self._exact.get(host)
+        if rules is None:
+            rules = self._find_tree_rules(host)
         if rules is not None:
             found = _select(rules, path, method)
             if found is not None:
                 return found
-        return _linear_lookup(self._post, host, path, method)
+        if self._post:
+            return _linear_lookup(self._post, host, path, method)
+        return None
 
     # --- the hostname tree ---------------------------------------------------------------
 

@@ -21,6 +21,13 @@ size, bare LF, NUL, invalid method or target) -> 400 and close, the request neve
 backend; a request head larger than `buffer_size` -> 413; a request not complete within
 `request_timeout` -> 408; an idle keep-alive connection closes silently after `front_timeout`.
 
+Hot path (DESIGN.md §5): a connection remembers the route of its last forwarded request and
+reuses it while target, Host and method repeat and neither the routers (`Router.generation`)
+nor that cluster's view changed; a head with none of the headers the proxy rewrites is built
+from the received pairs plus this connection's constant forwarding headers
+(`headers.plain_request_head`); the common answer comes in one `response_fast` call
+(`BackendConnection`); the request timeout of a request that arrives whole is never armed.
+
 `ClosingSession` serves listeners that have no protocol yet: it accepts and closes at once.
 
 `SessionHub` is what all sessions of a worker share: routing tables, backends and idle
@@ -47,16 +54,21 @@ from sozu.worker.backends import MAX_CONNECT_RETRIES, Backend, BackendPool, Heal
 from sozu.worker.flow_control import PENDING, PIPELINE, WRITE, ReadGate, limit_writes
 from sozu.worker.metrics import Counters
 from sozu.worker.protocol.headers import (
+    REWRITTEN_LENGTHS,
+    REWRITTEN_REQUEST_HEADERS,
     Framing,
     chunk,
     connection_extras,
+    forwarding_headers,
     last_chunk,
+    plain_request_head,
     request_head,
     response_head,
     sticky_cookie,
 )
 from sozu.worker.protocol.http1 import (
     Answer,
+    ClusterView,
     ListenerView,
     Routing,
     answer_request,
@@ -64,8 +76,27 @@ from sozu.worker.protocol.http1 import (
     render,
     route_text,
 )
+from sozu.worker.router import Router
 
 log = get_logger(__name__)
+
+_WATCHED_LENGTHS = REWRITTEN_LENGTHS | {len(b"host"), len(b"content-length"), len(b"cookie")}
+"""Request header name lengths `on_header` looks at more closely (lower-cased)."""
+
+_LastRoute = tuple[
+    bytes, bytes | None, bytes, int, str, ClusterView | None, tuple[str, str | None, str]
+]
+"""A connection's last forwarded request: target, Host, method, `Router.generation`, cluster
+id, the cluster's view then, and (method, authority, path) as text."""
+
+_NEVER = float("inf")
+_REQUESTS = metrics.REQUESTS
+
+_ARM_REQUEST = -1.0
+"""`_deadline` while the request timeout waits to be armed at the end of `data_received` (a
+request that arrives whole is complete by then: no timer work for it)."""
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 digits
@@ -73,48 +104,55 @@ _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 digits
 
 class _IdState:
     millisecond = -1
-    time_digits = ""
+    prefix = ""  # time digits and the high 40 random bits
     random = 0
-    high_digits = ""
+    entropy = b""  # os.urandom read ahead, 10 bytes per millisecond
 
 
 def _digits(value: int, count: int) -> str:
-    out = []
-    for _ in range(count):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    """The `count` (even) low base32 digits of `value`, most significant first."""
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in range(5 * count - 10, -1, -10)])
 
 
 def new_request_id() -> str:
     """A ULID (Sōzu's request id): 48-bit milliseconds then 80 random bits, Crockford base32.
 
     Monotonic within a millisecond (the ULID spec's variant): the random part is drawn once per
-    millisecond and incremented for each further id, so most ids cost a few table lookups.
+    millisecond and incremented for each further id, so most ids cost a few table lookups. The
+    random bytes come from `os.urandom`, read 4 KiB at a time (one system call per 400 ms).
     """
     state = _IdState
     now = time.time_ns() // 1_000_000
     if now != state.millisecond:
         state.millisecond = now
-        state.time_digits = _digits(now, 10)
-        state.random = rand = int.from_bytes(os.urandom(10), "big")
-        state.high_digits = _digits(rand >> 40, 8)
+        entropy = state.entropy
+        if len(entropy) < 10:
+            entropy = os.urandom(4096)
+        state.entropy = entropy[10:]
+        state.random = rand = int.from_bytes(entropy[:10], "big")
+        state.prefix = _digits(now, 10) + _digits(rand >> 40, 8)
     else:
         state.random = rand = (state.random + 1) & ((1 << 80) - 1)
         if not rand & 0xFFFFFFFFFF:
-            state.high_digits = _digits(rand >> 40, 8)
+            state.prefix = state.prefix[:10] + _digits(rand >> 40, 8)
     low = rand & 0xFFFFFFFFFF
     pairs = _PAIRS
-    return "".join(
-        (
-            state.time_digits,
-            state.high_digits,
-            pairs[low >> 30],
-            pairs[(low >> 20) & 1023],
-            pairs[(low >> 10) & 1023],
-            pairs[low & 1023],
-        )
+    return (
+        state.prefix
+        + pairs[low >> 30]
+        + pairs[(low >> 20) & 1023]
+        + pairs[(low >> 10) & 1023]
+        + pairs[low & 1023]
     )
+
+
+def _forget_entropy() -> None:
+    _IdState.entropy = b""  # a forked child must not repeat its parent's ids
+    _IdState.millisecond = -1
+
+
+os.register_at_fork(after_in_child=_forget_entropy)
 
 
 class SessionHub:
@@ -233,8 +271,10 @@ class Exchange:
 
     answer: Answer | None = None
     head = b""
-    route = ""
+    route_parts: tuple[str, str | None, str] | None = None
     sticky_found: str | None = None
+    sticky = False
+    rid = b""  # request_id as bytes, once the request is forwarded
     request_framing = Framing.NONE
     upgrade = False
     keep_alive = True
@@ -258,6 +298,7 @@ class Exchange:
     bytes_out = 0
     connected_at = 0.0
     user_agent: str | None = None
+    tried: tuple[Backend, ...] = ()
 
     def __init__(self, request_id: str, method: bytes) -> None:
         self.request_id = request_id
@@ -265,7 +306,6 @@ class Exchange:
         self.cluster_id = ""
         self.pending: list[bytes] = []
         self.replay: list[bytes] | None = None
-        self.tried: list[Backend] = []
 
 
 class HttpSession(Session):
@@ -274,22 +314,28 @@ class HttpSession(Session):
     __slots__ = (
         "_authority",
         "_closing",
+        "_cookie",
         "_current",
         "_deadline",
         "_drop",
+        "_forwarding",
         "_framing",
         "_head_bytes",
         "_headers",
         "_headers_done",
+        "_id_line",
         "_in_request",
+        "_last_route",
         "_loop",
         "_parsing",
         "_peer_ip",
         "_peer_port",
+        "_plain",
         "_queue",
         "_refusal",
         "_served",
         "_timer",
+        "_timer_at",
         "_to_back",
         "_to_front",
         "_trailers",
@@ -306,6 +352,7 @@ class HttpSession(Session):
         self.parser: Any = None
         self.gate = ReadGate()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _NEVER
         self._deadline = 0.0
         self._closing = False
         self._in_request = False
@@ -327,7 +374,12 @@ class HttpSession(Session):
         self._write_paused = False
         self._framing = Framing.NONE
         self._drop: set[bytes] | None = None
+        self._plain = True
+        self._cookie = False
+        self._forwarding = b""
+        self._last_route: _LastRoute | None = None
         self._loop = asyncio.get_running_loop()
+        self._id_line = listener.id_header + b": "
 
     # --- connection events -------------------------------------------------------------
 
@@ -340,6 +392,10 @@ class HttpSession(Session):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer_ip = str(peer[0]).encode("ascii")
             self._peer_port = int(peer[1])
+        listener = self.listener
+        self._forwarding = forwarding_headers(
+            self._peer_ip, self._peer_port, listener.public_ip, listener.public_port, listener.proto
+        )
         self.parser = httptools.HttpRequestParser(self)
         self._arm(self.listener.request_timeout)
 
@@ -369,6 +425,9 @@ class HttpSession(Session):
                 message = str(error.__cause__ or error) or type(error).__name__
                 self._refuse(bad_request(self.listener, new_request_id(), message, self._phase()))
             return
+        finally:
+            if self._deadline == _ARM_REQUEST:  # a request began: its timeout runs from now
+                self._arm(self.listener.request_timeout)
         if self._to_back:
             self.flush_back()
         if (
@@ -397,6 +456,7 @@ class HttpSession(Session):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = _NEVER
         for exchange in (self._current, *self._queue):
             if exchange is not None:
                 self._drop_backend(exchange, abort=True)
@@ -434,10 +494,12 @@ class HttpSession(Session):
         self._trailers = []
         self._framing = Framing.NONE
         self._drop = None
+        self._plain = True
+        self._cookie = False
         if self._current is not None:
             self.gate.pause(PIPELINE)
         elif self._served:
-            self._arm(self.listener.request_timeout)
+            self._deadline = _ARM_REQUEST  # armed once this data is parsed (`data_received`)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -447,8 +509,7 @@ class HttpSession(Session):
             self._trailers.append((name, value))
             return
         self._headers.append((name, value))
-        size = len(name)
-        if size == 4 or size == 10 or size == 14 or size == 17:
+        if len(name) in _WATCHED_LENGTHS:
             lower = name.lower()
             if lower == b"host":
                 if self._authority is None:
@@ -456,28 +517,124 @@ class HttpSession(Session):
             elif lower == b"content-length":
                 if self._framing == Framing.NONE:
                     self._framing = Framing.LENGTH
-            elif lower == b"transfer-encoding":
-                self._framing = Framing.CHUNKED
-            elif lower == b"connection":
-                self._drop = connection_extras(value, self._drop)
+            elif lower in REWRITTEN_REQUEST_HEADERS:
+                self._plain = False
+                if lower == b"transfer-encoding":
+                    self._framing = Framing.CHUNKED
+                elif lower == b"connection":
+                    self._drop = connection_extras(value, self._drop)
+            elif lower == b"cookie":
+                self._cookie = True
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
         if self._closing or self._refusal is not None:
             return
-        if self._head_bytes > self.hub.buffer_size and self._head_size() > self.hub.buffer_size:
+        hub = self.hub
+        if self._head_bytes > hub.buffer_size and self._head_size() > hub.buffer_size:
             self._too_large()
             return
-        self.hub.counters.incr(metrics.REQUESTS)
+        counters = hub.counters
+        if counters.enabled:
+            counters.counts[_REQUESTS] += 1
         parser = self.parser
         method_bytes = parser.get_method()
-        method = method_bytes.decode("latin-1")
+        method = _METHODS.get(method_bytes) or method_bytes.decode("latin-1")
         request_id = new_request_id()
         exchange = Exchange(request_id, method_bytes)
         self._parsing = exchange
-        exchange.keep_alive = bool(parser.should_keep_alive()) and not self.hub.draining
-        exchange.http10 = parser.get_http_version() == "1.0"
-        target = self._url.decode("latin-1")
+        exchange.keep_alive = bool(parser.should_keep_alive()) and not hub.draining
+        if parser.get_http_version() == "1.0":
+            exchange.http10 = True
+        url = self._url
+        routing = hub.routing
+        listener = self.listener
+        last = self._last_route
+        if (
+            last is not None
+            and last[0] == url
+            and last[1] == self._authority
+            and last[2] == method_bytes
+            and last[3] == Router.generation
+            and routing.clusters.get(last[4]) is last[5]
+        ):  # the same request as the previous one, and nothing changed since: same route
+            cluster_id, cluster, route_parts = last[4], last[5], last[6]
+        else:
+            generation = Router.generation
+            routed = self._route_request(method, request_id)
+            if routed is None:
+                return
+            answer, authority, path = routed
+            cluster_id = answer.cluster_id or ""
+            route_parts = (method, authority, path)
+            if answer.forward:
+                cluster = routing.clusters.get(cluster_id)
+                self._last_route = (
+                    url,
+                    self._authority,
+                    method_bytes,
+                    generation,
+                    cluster_id,
+                    cluster,
+                    route_parts,
+                )
+            else:
+                exchange.answer = answer
+                if not answer.keep_alive:
+                    exchange.keep_alive = False
+        exchange.cluster_id = cluster_id
+        if hub.access_log is not None:
+            exchange.authority, exchange.path = route_parts[1], route_parts[2]
+            exchange.bytes_in = self._head_bytes
+            for name, value in self._headers:
+                if len(name) == 10 and name.lower() == b"user-agent":
+                    exchange.user_agent = value.decode("latin-1")
+        if exchange.answer is None:
+            exchange.route_parts = route_parts
+            headers = self._headers
+            exchange.request_framing = framing = self._framing
+            exchange.rid = rid = request_id.encode("ascii")
+            exchange.upgrade = bool(parser.should_upgrade())
+            sticky = cluster is not None and cluster.sticky_session
+            if sticky:
+                exchange.sticky = True
+                found = sticky_cookie(headers, listener.sticky_name)
+                exchange.sticky_found = found.decode("latin-1") if found is not None else None
+            if self._plain and not (sticky and self._cookie):
+                head = plain_request_head(
+                    method_bytes, url, headers, self._forwarding, self._id_line, rid
+                )
+            else:
+                head = request_head(
+                    method_bytes,
+                    url,
+                    headers,
+                    peer_ip=self._peer_ip,
+                    peer_port=self._peer_port,
+                    public_ip=listener.public_ip,
+                    public_port=listener.public_port,
+                    proto=listener.proto,
+                    request_id=rid,
+                    id_header=listener.id_header,
+                    sticky_name=listener.sticky_name if sticky else None,
+                    framing=framing,
+                    upgrade=exchange.upgrade,
+                    drop=self._drop,
+                )
+            exchange.head = head
+            exchange.pending.append(head)
+            exchange.pending_size = exchange.replay_size = len(head)
+            exchange.replay = [head]
+        if self._current is None:
+            self._start(exchange)
+        else:
+            self._queue.append(exchange)
+
+    def _route_request(self, method: str, request_id: str) -> tuple[Answer, str | None, str] | None:
+        """What the request head just parsed gets (`answer_request`), with its authority and
+        path as text; None when its target is invalid (a 400 is then on its way)."""
+        url = self._url
+        target = url.decode("latin-1")
         authority = self._authority.decode("latin-1") if self._authority is not None else None
         path = target
         if not target.startswith("/") and target != "*":
@@ -485,66 +642,23 @@ class HttpSession(Session):
                 authority, path = target, ""
             else:
                 try:
-                    url = httptools.parse_url(self._url)
+                    parsed = httptools.parse_url(url)
                 except httptools.HttpParserInvalidURLError:
                     answer = bad_request(
                         self.listener, request_id, "Invalid request target.", "Headers"
                     )
                     self._refuse(answer)
-                    return
-                if url.host:
-                    host = url.host.decode("latin-1")
-                    authority = f"{host}:{url.port}" if url.port else host
-                path = (url.path or b"/").decode("latin-1")
-                if url.query:
-                    path += "?" + url.query.decode("latin-1")
-        routing = self.hub.routing
-        answer = answer_request(self.listener, routing, method, authority, path, request_id)
-        exchange.cluster_id = answer.cluster_id or ""
-        if self.hub.access_log is not None:
-            exchange.authority, exchange.path = authority, path
-            exchange.bytes_in = self._head_bytes
-            for name, value in self._headers:
-                if len(name) == 10 and name.lower() == b"user-agent":
-                    exchange.user_agent = value.decode("latin-1")
-        if not answer.forward:
-            exchange.answer = answer
-            if not answer.keep_alive:
-                exchange.keep_alive = False
-        else:
-            exchange.route = route_text(method, authority, path)
-            listener = self.listener
-            headers = self._headers
-            exchange.request_framing = framing = self._framing
-            exchange.upgrade = bool(parser.should_upgrade())
-            cluster = routing.clusters.get(exchange.cluster_id)
-            sticky = cluster is not None and cluster.sticky_session
-            if sticky:
-                found = sticky_cookie(headers, listener.sticky_name)
-                exchange.sticky_found = found.decode("latin-1") if found is not None else None
-            exchange.head = request_head(
-                method_bytes,
-                self._url,
-                headers,
-                peer_ip=self._peer_ip,
-                peer_port=self._peer_port,
-                public_ip=listener.public_ip,
-                public_port=listener.public_port,
-                proto=listener.proto,
-                request_id=request_id.encode("ascii"),
-                id_header=listener.id_header,
-                sticky_name=listener.sticky_name if sticky else None,
-                framing=framing,
-                upgrade=exchange.upgrade,
-                drop=self._drop,
-            )
-            exchange.pending.append(exchange.head)
-            exchange.pending_size = exchange.replay_size = len(exchange.head)
-            exchange.replay = [exchange.head]
-        if self._current is None:
-            self._start(exchange)
-        else:
-            self._queue.append(exchange)
+                    return None
+                if parsed.host:
+                    host = parsed.host.decode("latin-1")
+                    authority = f"{host}:{parsed.port}" if parsed.port else host
+                path = (parsed.path or b"/").decode("latin-1")
+                if parsed.query:
+                    path += "?" + parsed.query.decode("latin-1")
+        answer = answer_request(
+            self.listener, self.hub.routing, method, authority, path, request_id
+        )
+        return answer, authority, path
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
@@ -571,6 +685,8 @@ class HttpSession(Session):
                 self._answer_locally(exchange)
             elif exchange.response_started and exchange.status >= 200 and exchange.conn is None:
                 self._finish(exchange)
+            elif exchange.conn is not None and not exchange.response_started:
+                self._arm(self.listener.back_timeout)  # the backend has it all: its turn
 
     # --- the exchange in front ---------------------------------------------------------
 
@@ -617,7 +733,7 @@ class HttpSession(Session):
             self._health(hub.backends.connect_failed(backend, self._loop.time()))
             if exchange is not self._current or self._closing:
                 return
-            exchange.tried.append(backend)
+            exchange.tried = (*exchange.tried, backend)
             exchange.attempts += 1
             if exchange.attempts >= MAX_CONNECT_RETRIES:
                 message = f"No backend of cluster {exchange.cluster_id} accepted a connection."
@@ -641,6 +757,7 @@ class HttpSession(Session):
         exchange.conn = conn
         exchange.connected_at = self._loop.time()
         conn.owner = self
+        conn.head_request = exchange.method == b"HEAD"
         if self._write_paused:  # the client is still slow: this backend waits too
             conn.gate.pause(WRITE)
         if conn.write_paused:  # the backend is still slow: the client waits too
@@ -652,7 +769,8 @@ class HttpSession(Session):
             conn.write(pending[0] if len(pending) == 1 else b"".join(pending))
             exchange.pending = []
             exchange.pending_size = 0
-        self.gate.resume(PENDING)
+        if self.gate.reasons & PENDING:
+            self.gate.resume(PENDING)
         if exchange.request_done:
             self._arm_back(exchange)
 
@@ -722,15 +840,7 @@ class HttpSession(Session):
         exchange.response_chunked = chunked
         exchange.response_close = framing == Framing.CLOSE or not conn.keep_alive()
         exchange.close_client = close
-        set_cookie = None
-        backend = exchange.backend
-        if backend is not None and exchange.sticky_found != backend.sticky_id:
-            cluster = self.hub.routing.clusters.get(exchange.cluster_id)
-            if cluster is not None and cluster.sticky_session:
-                set_cookie = b"%s=%s; Path=/" % (
-                    self.listener.sticky_name,
-                    backend.sticky_id.encode("latin-1"),
-                )
+        set_cookie = self._set_cookie(exchange)
         connection = b"close" if close else (b"keep-alive" if exchange.http10 else None)
         self._to_front.append(
             response_head(
@@ -749,6 +859,63 @@ class HttpSession(Session):
             self.response_complete(conn)
         elif status != 101:
             self._arm(self.listener.back_timeout)
+
+    def _set_cookie(self, exchange: Exchange) -> bytes | None:
+        """The sticky cookie to set when the client does not hold its backend's id yet."""
+        backend = exchange.backend
+        if backend is not None and exchange.sticky_found != backend.sticky_id:
+            cluster = self.hub.routing.clusters.get(exchange.cluster_id)
+            if cluster is not None and cluster.sticky_session:
+                return b"%s=%s; Path=/" % (
+                    self.listener.sticky_name,
+                    backend.sticky_id.encode("latin-1"),
+                )
+        return None
+
+    def response_fast(self, conn: BackendConnection, body: bytes, complete: bool) -> None:
+        """The common answer read as bytes (`BackendConnection`): its head, once, then body
+        bytes; `complete` when its Content-Length is reached. Same outcome as `response_head`
+        + `response_body` + `response_complete` for such an answer, in one call."""
+        exchange = self._current
+        if exchange is None or exchange.conn is not conn:
+            return
+        if not exchange.response_started:
+            exchange.status = conn.status
+            exchange.response_started = True
+            self._deadline = 0.0  # _disarm
+            close = not exchange.keep_alive or self.hub.draining or exchange.upgrade
+            exchange.response_close = not conn.keep_alive()
+            exchange.close_client = close
+            head = conn.fast_head
+            assert head is not None
+            parts = [head]
+            if exchange.sticky:
+                set_cookie = self._set_cookie(exchange)
+                if set_cookie is not None:
+                    parts += (b"Set-Cookie: ", set_cookie, b"\r\n")
+            parts += (self._id_line, exchange.rid, b"\r\n")
+            if close:
+                parts.append(b"Connection: close\r\n\r\n")
+            elif exchange.http10:
+                parts.append(b"Connection: keep-alive\r\n\r\n")
+            else:
+                parts.append(b"\r\n")
+            if body:
+                parts.append(body)
+            self._to_front.append(b"".join(parts))
+            if not complete:
+                self._arm(self.listener.back_timeout)
+        elif body:
+            self._to_front.append(body)
+            if len(body) > 4096:  # a long answer: its idle time counts from now
+                self._arm(self.listener.back_timeout)
+        if complete:
+            self._release_backend(exchange, reusable=exchange.request_done)
+            if not exchange.request_done:
+                exchange.close_client = True
+            self._finish(exchange)
+        else:
+            self.flush_front()
 
     def response_body(self, body: bytes) -> None:
         exchange = self._current
@@ -870,7 +1037,8 @@ class HttpSession(Session):
                 self.transport.write(self._refusal)
             self._close()
             return
-        self.gate.resume(PIPELINE)
+        if self.gate.reasons & PIPELINE:
+            self.gate.resume(PIPELINE)
         if not self._in_request:
             self._arm(self.listener.front_timeout)
 
@@ -904,9 +1072,9 @@ class HttpSession(Session):
         if conn is None:
             return
         exchange.conn = None
-        self.gate.resume(WRITE)
-        backend = conn.backend
-        self.hub.backends.request_finished(backend)
+        if self.gate.reasons & WRITE:
+            self.gate.resume(WRITE)
+        self.hub.backends.request_finished(conn.backend)
         if reusable and not exchange.response_close and not conn.closed:
             self.hub.idle.put(conn)
         else:
@@ -944,7 +1112,7 @@ class HttpSession(Session):
         duration = self.listener.back_timeout if status == 504 else 0.0
         values = {
             "REQUEST_ID": exchange.request_id,
-            "ROUTE": exchange.route,
+            "ROUTE": route_text(*exchange.route_parts) if exchange.route_parts else "",
             "CLUSTER_ID": exchange.cluster_id,
             "BACKEND_ID": backend.backend_id if backend is not None else "",
             "MESSAGE": message,
@@ -1017,11 +1185,11 @@ class HttpSession(Session):
         loop = self._loop
         deadline = loop.time() + delay
         self._deadline = deadline
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
+        if deadline < self._timer_at:  # the timer goes off first, then waits more if need be
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = loop.call_at(deadline, self._timed_out)
+            self._timer_at = deadline
 
     def _arm_back(self, exchange: Exchange) -> None:
         if not exchange.response_started:
@@ -1032,11 +1200,13 @@ class HttpSession(Session):
 
     def _timed_out(self) -> None:
         self._timer = None
+        self._timer_at = _NEVER
         if self._closing or self.transport is None or not self._deadline:
             return
         loop = self._loop
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._timed_out)
+            self._timer_at = self._deadline
             return
         self._deadline = 0.0
         current = self._current

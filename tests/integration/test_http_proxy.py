@@ -175,6 +175,14 @@ class Backend:
             body = b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n"
             conn.sendall(head + body)
             return True
+        if path.startswith("/extra"):  # bytes nobody asked for after the answer
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextraHTTP/1.1 200 OK\r\n")
+            return True
+        if path.startswith("/slowhead"):  # the head in pieces, the body after a pause
+            for piece in (b"HTTP/1.1 20", b"0 OK\r\nContent-Len", b"gth: 4\r\n", b"\r\nsl", b"ow"):
+                conn.sendall(piece)
+                time.sleep(0.05)
+            return True
         if path.startswith("/bighead"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 40_000 + b"\r\n\r\n")
             return False
@@ -548,6 +556,77 @@ def test_backend_failures_answer_502_503_504(
     add_cluster(worker, "dead", "dead.example", [dead_address(), dead_address()])
     response = worker.get("dead.example")
     assert response.status == 503
+
+
+def test_back_timeout_on_a_reused_backend_connection_answers_504(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    app = backends("app")
+    add_cluster(worker, "app", "app.example", [app])
+    assert worker.get("app.example").read() == b"app"  # leaves an idle backend connection
+    started = time.monotonic()
+    response = worker.get("app.example", "/sleep/3")
+    assert response.status == 504
+    assert time.monotonic() - started < 2.5
+    assert app.connections == 1  # the idle connection was the one that timed out
+
+
+def test_answers_read_as_bytes_whole_in_pieces_or_followed_by_junk(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    app = backends("app")
+    add_cluster(worker, "app", "app.example", [app])
+    sock = connect(worker)
+    for path, body in (
+        ("/slowhead", b"slow"),
+        ("/x", b"app"),
+        ("/extra", b"extra"),
+        ("/y", b"app"),
+    ):
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: app.example\r\n\r\n" % path.encode())
+        status, headers, received = read_response(sock)
+        assert (status, received) == (200, body), path
+        assert "sozu-id" in headers and "connection" not in headers
+    sock.close()
+    # the connection that sent junk after its answer was not reused: a second one was opened
+    assert app.connections == 2
+
+
+def test_a_kept_alive_client_connection_follows_routing_changes(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    one, two = backends("one"), backends("two")
+    add_cluster(worker, "one", "app.example", [one])
+    add_cluster(worker, "two", "two.example", [two])
+    request = b"GET /same HTTP/1.1\r\nHost: app.example\r\n\r\n"
+
+    def ask(sock: socket.socket) -> tuple[int, bytes]:
+        sock.sendall(request)
+        status, _, body = read_response(sock)
+        return status, body
+
+    # the frontend goes: the next request on the same connection gets 404
+    sock = connect(worker)
+    assert ask(sock) == (200, b"one") and ask(sock) == (200, b"one")
+    frontend = RequestHttpFrontend(
+        cluster_id="one",
+        address=to_proto(worker.address),
+        hostname="app.example",
+        path=PathRule(kind=PathRuleKind.PREFIX, value=""),
+    )
+    assert worker.call(Request(remove_http_frontend=frontend)).status == OK
+    assert ask(sock)[0] == 404
+    sock.close()
+    # the hostname now leads to another cluster
+    frontend.cluster_id = "two"
+    assert worker.call(Request(add_http_frontend=frontend)).status == OK
+    sock = connect(worker)
+    assert ask(sock) == (200, b"two") and ask(sock) == (200, b"two")
+    # that cluster changes (a new view of it): https redirect on the same connection
+    changed = Cluster(cluster_id="two", https_redirect=True)
+    assert worker.call(Request(add_cluster=changed)).status == OK
+    assert ask(sock)[0] == 301
+    sock.close()
 
 
 def test_connect_failure_retries_another_backend(

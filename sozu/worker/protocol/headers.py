@@ -22,6 +22,7 @@ Header names and values are bytes as received; nothing is decoded on this path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -110,6 +111,60 @@ def sticky_cookie(headers: Headers, sticky_name: bytes) -> bytes | None:
     return None
 
 
+REWRITTEN_REQUEST_HEADERS = HOP_BY_HOP | {
+    b"x-forwarded-for",
+    b"forwarded",
+    b"x-forwarded-proto",
+    b"x-forwarded-port",
+    b"x-request-id",
+}
+"""Request header names `request_head` changes or drops (a `Cookie` too when sticky; and the
+names a `Connection` header lists, but `Connection` is itself in this set)."""
+
+REWRITTEN_LENGTHS = frozenset(len(name) for name in REWRITTEN_REQUEST_HEADERS)
+
+
+def forwarded_item(peer_ip: bytes, peer_port: int, public_ip: bytes, proto: bytes) -> bytes:
+    """This hop's `Forwarded` element: `proto=..;for="ip:port";by=public-ip`."""
+    ip_text = b"[" + peer_ip + b"]" if b":" in peer_ip else peer_ip
+    by = b'"[' + public_ip + b']"' if b":" in public_ip else public_ip
+    return b'proto=%s;for="%s:%d";by=%s' % (proto, ip_text, peer_port, by)
+
+
+def forwarding_headers(
+    peer_ip: bytes, peer_port: int, public_ip: bytes, public_port: bytes, proto: bytes
+) -> bytes:
+    """What `request_head` adds to a head that has none of `REWRITTEN_REQUEST_HEADERS`, up to
+    the request id (the same for every request of one client connection)."""
+    return (
+        b"X-Forwarded-For: %s\r\nForwarded: %s\r\nX-Forwarded-Port: %s\r\n"
+        % (
+            peer_ip,
+            forwarded_item(peer_ip, peer_port, public_ip, proto),
+            public_port,
+        )
+        + b"X-Forwarded-Proto: %s\r\nX-Request-Id: " % proto
+    )
+
+
+def plain_request_head(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    forwarding: bytes,
+    id_line: bytes,
+    request_id: bytes,
+) -> bytes:
+    """`request_head` for a head with none of `REWRITTEN_REQUEST_HEADERS` (and no sticky
+    cookie to strip): the headers as received, then `forwarding` (`forwarding_headers`), the
+    request id, and `id_line` (`Sozu-Id: `) with the request id again."""
+    out = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        out += (name, b": ", value, b"\r\n")
+    out += (forwarding, request_id, b"\r\n", id_line, request_id, b"\r\n\r\n")
+    return b"".join(out)
+
+
 def request_head(
     method: bytes,
     target: bytes,
@@ -131,9 +186,7 @@ def request_head(
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     has_xff = has_fwd = has_proto = has_port = has_rid = False
     upgrade_value: bytes | None = None
-    ip_text = b"[" + peer_ip + b"]" if b":" in peer_ip else peer_ip
-    by = b'"[' + public_ip + b']"' if b":" in public_ip else public_ip
-    forwarded_item = b'proto=%s;for="%s:%d";by=%s' % (proto, ip_text, peer_port, by)
+    forwarded = forwarded_item(peer_ip, peer_port, public_ip, proto)
     for name, value in headers:
         lower = name.lower()
         if lower in HOP_BY_HOP:
@@ -149,7 +202,7 @@ def request_head(
             value = value + b", " + peer_ip
         elif lower == b"forwarded":
             has_fwd = True
-            value = value + b", " + forwarded_item
+            value = value + b", " + forwarded
         elif lower == b"x-forwarded-proto":
             has_proto = True
         elif lower == b"x-forwarded-port":
@@ -164,7 +217,7 @@ def request_head(
     if not has_xff:
         out += (b"X-Forwarded-For: ", peer_ip, b"\r\n")
     if not has_fwd:
-        out += (b"Forwarded: ", forwarded_item, b"\r\n")
+        out += (b"Forwarded: ", forwarded, b"\r\n")
     if not has_port:
         out += (b"X-Forwarded-Port: ", public_port, b"\r\n")
     if not has_proto:
@@ -227,3 +280,87 @@ def last_chunk(trailers: Headers) -> bytes:
     if not trailers:
         return b"0\r\n\r\n"
     return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+
+
+_STATUS_LINE_11 = b"HTTP/1.1 "
+_NO_BODY_STATUSES = (204, 304)
+_SCANNED = re.compile(
+    rb"\r\n(content-length|connection|transfer-encoding|upgrade|keep-alive|proxy-connection|te)"
+    rb":([^\r]*)",
+    re.IGNORECASE,
+)
+"""The header lines `scan_response_head` looks at (framing and hop-by-hop), in one pass."""
+
+
+_Scanned = tuple[int, bytes, int, bool]
+_SCAN_CACHE: dict[bytes, _Scanned | None] = {}
+_SCAN_CACHE_MAX = 256
+
+
+def scan_response_head(head: bytes) -> _Scanned | None:
+    """`read_response_head`, remembered: a backend sends the same few heads again and again
+    (the `Date` header changes once a second), and the outcome depends on the bytes only."""
+    try:
+        return _SCAN_CACHE[head]
+    except KeyError:
+        pass
+    scanned = read_response_head(head)
+    if len(_SCAN_CACHE) >= _SCAN_CACHE_MAX:
+        _SCAN_CACHE.clear()
+    _SCAN_CACHE[head] = scanned
+    return scanned
+
+
+def read_response_head(head: bytes) -> _Scanned | None:
+    """The common response head read as bytes, without a callback per header.
+
+    `head` is the status line and the header lines, each ending with CRLF, without the blank
+    line (validated by llhttp before anything is forwarded, so names have no whitespace and
+    values no CR/LF). Answers `(status, head to forward, content length, backend keep-alive)`
+    when the answer is a final one (200-599 but 204/304) framed by a single Content-Length,
+    with no Transfer-Encoding, Upgrade, Keep-Alive, Proxy-Connection or TE header and at most
+    one `Connection` header, listing only close/keep-alive/upgrade: the forwarded head is then
+    the received one minus its `Connection` line, the status line rewritten to HTTP/1.1 (the
+    reason kept). Anything else is None: the caller parses it header by header
+    (`response_head`).
+    """
+    code = head[9:12]
+    if not code.isdigit():
+        return None
+    status = int(code)
+    if status < 200 or status in _NO_BODY_STATUSES:
+        return None
+    length = -1
+    connection: tuple[bytes, bytes] | None = None
+    for name, value in _SCANNED.findall(head):
+        size = len(name)
+        if size == 14:
+            value = value.strip()
+            if length >= 0 or not value.isdigit():
+                return None
+            length = int(value)
+        elif size == 10 and name[0] in b"cC" and connection is None:
+            connection = (name, value)
+        else:
+            return None
+    if length < 0:
+        return None
+    http11 = head.startswith(_STATUS_LINE_11)
+    keep_alive = http11
+    if connection is not None:
+        name, value = connection
+        for token in value.lower().split(b","):
+            token = token.strip()
+            if token == b"close":
+                keep_alive = False
+            elif token == b"keep-alive":
+                if not http11:
+                    keep_alive = True
+            elif token != b"upgrade" and token:
+                return None  # names more headers to drop
+        head = head.replace(b"\r\n" + name + b":" + value, b"", 1)
+    if not http11 or head[12:13] != b" " or head[13:15] == b"\r\n":
+        line_end = head.find(b"\r\n")
+        reason = head[13:line_end].strip() or _REASONS.get(status, b"Unknown")
+        head = b"HTTP/1.1 %d %s%s" % (status, reason, head[line_end:])
+    return status, head, length, keep_alive

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sozu.worker.protocol.headers import (
+    REWRITTEN_REQUEST_HEADERS,
     Framing,
     body_framing,
     chunk,
     connection_tokens,
+    forwarding_headers,
     last_chunk,
+    plain_request_head,
+    read_response_head,
     request_head,
     response_head,
+    scan_response_head,
     sticky_cookie,
     strip_cookie,
 )
@@ -149,3 +156,91 @@ def test_framing_and_chunks() -> None:
     assert chunk(b"hello") == b"5\r\nhello\r\n"
     assert last_chunk([]) == b"0\r\n\r\n"
     assert last_chunk([(b"X-Sum", b"1")]) == b"0\r\nX-Sum: 1\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"Host", b"a.example")],
+        [(b"Host", b"a.example"), (b"Accept", b"*/*"), (b"User-Agent", b"t/1")],
+        [(b"host", b"[::1]:80"), (b"Content-Length", b"3"), (b"X-Other", b"")],
+        [],
+    ],
+)
+@pytest.mark.parametrize("peer", [b"10.1.2.3", b"2001:db8::1"])
+def test_plain_request_head_is_request_head_without_rewritten_headers(
+    headers: list[tuple[bytes, bytes]], peer: bytes
+) -> None:
+    assert not {name.lower() for name, _ in headers} & REWRITTEN_REQUEST_HEADERS
+    forwarding = forwarding_headers(peer, 4242, b"192.0.2.1", b"8080", b"http")
+    plain = plain_request_head(b"GET", b"/p?q", headers, forwarding, b"Sozu-Id: ", b"01ID")
+    assert plain == build(headers, peer_ip=peer)
+
+
+def _full(head: bytes) -> bytes:
+    """What the per-header path forwards for the same head (keep-alive client, no cookie)."""
+    lines_ = head[:-2].split(b"\r\n")
+    status = int(lines_[0][9:12])
+    reason = lines_[0][13:]
+    headers = [tuple(line.split(b": ", 1)) for line in lines_[1:]]
+    out = response_head(
+        status,
+        reason,
+        headers,  # type: ignore[arg-type]
+        request_id=b"01ID",
+        id_header=b"Sozu-Id",
+        chunked=False,
+        set_cookie=None,
+        connection=None,
+        drop=connection_tokens(headers),  # type: ignore[arg-type]
+    )
+    return out[: -len(b"Sozu-Id: 01ID\r\n\r\n")]
+
+
+@pytest.mark.parametrize(
+    ("head", "length", "keep_alive"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 13\r\nConnection: keep-alive\r\n",
+            13,
+            True,
+        ),
+        (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n", 0, True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n", 2, False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n", 2, False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: Keep-Alive\r\n", 2, True),
+        (b"HTTP/1.1 503 \r\nX-A: 1\r\nContent-Length: 5\r\nX-B: 2\r\n", 5, True),
+    ],
+)
+def test_scanned_response_heads_match_the_per_header_path(
+    head: bytes, length: int, keep_alive: bool
+) -> None:
+    scanned = scan_response_head(head)
+    assert scanned is not None
+    status, forwarded, scanned_length, scanned_keep = scanned
+    assert status == int(head[9:12]) and scanned_length == length
+    assert scanned_keep is keep_alive
+    assert forwarded == _full(head)
+    assert scan_response_head(head) is scanned  # remembered
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 100 Continue\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ws\r\nConnection: upgrade\r\n",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n",
+        b"HTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close, x-secret\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\nConnection: x\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nKeep-Alive: timeout=5\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nUpgrade: h2c\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nProxy-Connection: x\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTE: trailers\r\n",
+    ],
+)
+def test_uncommon_response_heads_are_left_to_the_per_header_path(head: bytes) -> None:
+    assert read_response_head(head) is None
