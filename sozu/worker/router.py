@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from sozu.command.addresses import to_text
 from sozu.command.errors import AddressError, SozuError
-from sozu.command.proto import PathRuleKind, RequestHttpFrontend, RulePosition
+from sozu.command.proto import HstsConfig, PathRuleKind, RequestHttpFrontend, RulePosition
 
 
 class RouterError(SozuError):
@@ -54,6 +54,31 @@ class Route:
 
     cluster_id: str | None
     frontend: RequestHttpFrontend = field(compare=False)
+    hsts: Hsts | None = field(default=None, compare=False)
+    """The frontend's own HSTS policy (`hsts_line`); None: the listener's applies."""
+
+
+Hsts = tuple[bytes, bool]
+"""An HSTS policy ready to send: the `Strict-Transport-Security` header line (CRLF included,
+b"" when HSTS is off) and whether it replaces the backend's own header (`force_replace_backend`;
+otherwise the backend's wins, as in Sōzu)."""
+
+
+def hsts_line(config: HstsConfig | None) -> Hsts | None:
+    """The ready-to-send form of an HSTS policy, None when there is none. Sōzu's default
+    max-age is one year."""
+    if config is None:
+        return None
+    if not (config.HasField("enabled") and config.enabled):
+        return b"", False
+    max_age = config.max_age if config.HasField("max_age") else 31_536_000
+    value = b"Strict-Transport-Security: max-age=%d" % max_age
+    if config.HasField("include_subdomains") and config.include_subdomains:
+        value += b"; includeSubDomains"
+    if config.HasField("preload") and config.preload:
+        value += b"; preload"
+    force = config.HasField("force_replace_backend") and config.force_replace_backend
+    return value + b"\r\n", force
 
 
 # --- hostnames -----------------------------------------------------------------------------
@@ -326,7 +351,8 @@ class Router:
         path = PathRule.from_frontend(front)
         method = front.method if front.HasField("method") else None
         cluster_id = front.cluster_id if front.HasField("cluster_id") else None
-        rule = _Rule(path, method, Route(cluster_id, front))
+        hsts = hsts_line(front.hsts) if front.HasField("hsts") else None
+        rule = _Rule(path, method, Route(cluster_id, front, hsts))
         if front.position in (RulePosition.PRE, RulePosition.POST):
             table = self._pre if front.position == RulePosition.PRE else self._post
             domain = DomainRule.parse(front.hostname)

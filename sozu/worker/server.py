@@ -71,7 +71,7 @@ from sozu.worker.listeners import (
 from sozu.worker.metrics import CONNECTIONS, CONNECTIONS_MAX, Counters
 from sozu.worker.protocol.answers import compile_answers, merged_answers
 from sozu.worker.protocol.http1 import ClusterView, ListenerView, Routing
-from sozu.worker.router import RouterError
+from sozu.worker.router import RouterError, hsts_line
 from sozu.worker.session import ClosingSession, HttpSession, SessionHub, new_request_id
 
 log = get_logger(__name__)
@@ -193,7 +193,8 @@ class WorkerServer:
         self.edge = Edge(self.state, self.hub, self.backends, self.access_log, new_request_id)
         self.http_views: dict[str, ListenerView] = {}
         self.https_views: dict[str, ListenerView] = {}
-        self.max_connections_per_ip = int(config.max_connections_per_ip)
+        self.hub.max_per_ip = int(config.max_connections_per_ip)
+        self.hub.retry_after = int(config.retry_after) if config.HasField("retry_after") else 60
         self._channel_sock = channel
         self._decoder = decoder
         self._max_buffer_size = max_buffer_size
@@ -443,13 +444,13 @@ class WorkerServer:
     async def _set_max_connections_per_ip(
         self, request: WorkerRequest, initial: bool
     ) -> WorkerResponse:
-        self.max_connections_per_ip = request.content.set_max_connections_per_ip
+        self.hub.set_max_per_ip(request.content.set_max_connections_per_ip)
         return ok(request.id)
 
     async def _query_max_connections_per_ip(
         self, request: WorkerRequest, initial: bool
     ) -> WorkerResponse:
-        limit = MaxConnectionsPerIpLimit(limit=self.max_connections_per_ip)
+        limit = MaxConnectionsPerIpLimit(limit=self.hub.max_per_ip)
         return ok(request.id, ResponseContent(max_connections_per_ip_limit=limit))
 
     def _gauges(self) -> dict[str, int]:
@@ -548,6 +549,11 @@ class WorkerServer:
         view.public_ip = host.strip("[]").encode("ascii")
         view.public_port = port.encode("ascii")
         view.proto = b"https" if kind == ListenerType.HTTPS else b"http"
+        if isinstance(config, HttpsListenerConfig):
+            view.hsts = hsts_line(config.hsts if config.HasField("hsts") else None)
+            view.strict_sni = (
+                config.strict_sni_binding if config.HasField("strict_sni_binding") else True
+            )
         return [f"listener {address}: {error}" for error in errors]
 
     # --- changes of the state --------------------------------------------------------------
@@ -612,6 +618,12 @@ class WorkerServer:
             backends=backends,
             sticky_session=cluster.sticky_session,
             templates=templates,
+            max_connections_per_ip=(
+                cluster.max_connections_per_ip
+                if cluster.HasField("max_connections_per_ip")
+                else None
+            ),
+            retry_after=cluster.retry_after if cluster.HasField("retry_after") else None,
         )
         return [f"cluster {cluster_id}: {error}" for error in errors]
 

@@ -65,6 +65,7 @@ from sozu.worker.protocol.headers import (
     request_head,
     response_head,
     sticky_cookie,
+    with_hsts,
 )
 from sozu.worker.protocol.http1 import (
     Answer,
@@ -73,10 +74,12 @@ from sozu.worker.protocol.http1 import (
     Routing,
     answer_request,
     bad_request,
+    cert_covers,
+    host_of,
     render,
     route_text,
 )
-from sozu.worker.router import Router
+from sozu.worker.router import Hsts, Router
 
 log = get_logger(__name__)
 
@@ -84,10 +87,18 @@ _WATCHED_LENGTHS = REWRITTEN_LENGTHS | {len(b"host"), len(b"content-length"), le
 """Request header name lengths `on_header` looks at more closely (lower-cased)."""
 
 _LastRoute = tuple[
-    bytes, bytes | None, bytes, int, str, ClusterView | None, tuple[str, str | None, str]
+    bytes,
+    bytes | None,
+    bytes,
+    int,
+    str,
+    ClusterView | None,
+    tuple[str, str | None, str],
+    Hsts | None,
 ]
 """A connection's last forwarded request: target, Host, method, `Router.generation`, cluster
-id, the cluster's view then, and (method, authority, path) as text."""
+id, the cluster's view then, (method, authority, path) as text, and the frontend's HSTS
+policy."""
 
 _NEVER = float("inf")
 _REQUESTS = metrics.REQUESTS
@@ -176,6 +187,39 @@ class SessionHub:
         self.sessions: set[Session] = set()
         self.draining = False
         self._on_empty: list[Callable[[], None]] = []
+        self.max_per_ip = 0  # max_connections_per_ip (0: unlimited); a cluster's own wins
+        self.retry_after = 60  # Retry-After of the 429 (0: no header); a cluster's own wins
+        self.per_ip: dict[str, dict[bytes, int]] = {}  # cluster id -> source ip -> connections
+        self.per_ip_epoch = 0  # bumped when the counts are wiped
+
+    def set_max_per_ip(self, limit: int) -> None:
+        """`SetMaxConnectionsPerIp`: 0 turns the limit off and wipes the counts (as Sōzu)."""
+        self.max_per_ip = limit
+        if limit == 0:
+            self.per_ip = {}
+            self.per_ip_epoch += 1
+
+    def hold_ip(self, cluster_id: str, ip: bytes, limit: int) -> bool:
+        """Count one more connection from `ip` to `cluster_id`; False when at `limit`."""
+        by_ip = self.per_ip.get(cluster_id)
+        if by_ip is None:
+            by_ip = self.per_ip[cluster_id] = {}
+        count = by_ip.get(ip, 0)
+        if count >= limit:
+            return False
+        by_ip[ip] = count + 1
+        return True
+
+    def free_ip(self, cluster_id: str, ip: bytes) -> None:
+        by_ip = self.per_ip.get(cluster_id)
+        if by_ip is not None:
+            count = by_ip.get(ip, 0) - 1
+            if count > 0:
+                by_ip[ip] = count
+            else:
+                by_ip.pop(ip, None)
+                if not by_ip:
+                    del self.per_ip[cluster_id]
 
     def health_changed(self, change: HealthChange) -> None:
         """A backend went down or came back: logged here (the BackendPool's `on_event`
@@ -299,6 +343,7 @@ class Exchange:
     connected_at = 0.0
     user_agent: str | None = None
     tried: tuple[Backend, ...] = ()
+    hsts: Hsts | None = None  # the HSTS policy of its answer (HTTPS only)
 
     def __init__(self, request_id: str, method: bytes) -> None:
         self.request_id = request_id
@@ -313,6 +358,7 @@ class HttpSession(Session):
 
     __slots__ = (
         "_authority",
+        "_cert_names",
         "_closing",
         "_cookie",
         "_current",
@@ -325,6 +371,8 @@ class HttpSession(Session):
         "_headers_done",
         "_id_line",
         "_in_request",
+        "_ip_epoch",
+        "_ip_held",
         "_last_route",
         "_loop",
         "_parsing",
@@ -378,6 +426,9 @@ class HttpSession(Session):
         self._cookie = False
         self._forwarding = b""
         self._last_route: _LastRoute | None = None
+        self._ip_held: set[str] | None = None  # clusters this connection counts against
+        self._ip_epoch = 0
+        self._cert_names: tuple[str, ...] | None = None  # strict SNI binding: names served
         self._loop = asyncio.get_running_loop()
         self._id_line = listener.id_header + b": "
 
@@ -396,6 +447,9 @@ class HttpSession(Session):
         self._forwarding = forwarding_headers(
             self._peer_ip, self._peer_port, listener.public_ip, listener.public_port, listener.proto
         )
+        if listener.https and listener.strict_sni:
+            ssl_object = transport.get_extra_info("ssl_object")
+            self._cert_names = getattr(ssl_object, "sozu_names", None)  # None: no SNI
         self.parser = httptools.HttpRequestParser(self)
         self._arm(self.listener.request_timeout)
 
@@ -462,6 +516,13 @@ class HttpSession(Session):
                 self._drop_backend(exchange, abort=True)
         self._current = None
         self._queue.clear()
+        held = self._ip_held
+        if held is not None:
+            self._ip_held = None
+            hub = self.hub
+            if hub.per_ip_epoch == self._ip_epoch:
+                for cluster_id in held:
+                    hub.free_ip(cluster_id, self._peer_ip)
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -558,7 +619,7 @@ class HttpSession(Session):
             and last[3] == Router.generation
             and routing.clusters.get(last[4]) is last[5]
         ):  # the same request as the previous one, and nothing changed since: same route
-            cluster_id, cluster, route_parts = last[4], last[5], last[6]
+            cluster_id, cluster, route_parts, route_hsts = last[4], last[5], last[6], last[7]
         else:
             generation = Router.generation
             routed = self._route_request(method, request_id)
@@ -567,6 +628,8 @@ class HttpSession(Session):
             answer, authority, path = routed
             cluster_id = answer.cluster_id or ""
             route_parts = (method, authority, path)
+            route = answer.route
+            route_hsts = route.hsts if route is not None else None
             if answer.forward:
                 cluster = routing.clusters.get(cluster_id)
                 self._last_route = (
@@ -577,6 +640,7 @@ class HttpSession(Session):
                     cluster_id,
                     cluster,
                     route_parts,
+                    route_hsts,
                 )
             else:
                 exchange.answer = answer
@@ -589,6 +653,18 @@ class HttpSession(Session):
             for name, value in self._headers:
                 if len(name) == 10 and name.lower() == b"user-agent":
                     exchange.user_agent = value.decode("latin-1")
+        if listener.https:
+            hsts = route_hsts if route_hsts is not None else listener.hsts
+            if hsts is not None and hsts[0]:
+                exchange.hsts = hsts
+        if exchange.answer is None and cluster is not None:
+            limit = cluster.max_connections_per_ip
+            if limit is None:
+                limit = hub.max_per_ip
+            if limit:
+                held = self._ip_held
+                if held is None or cluster_id not in held or self._ip_epoch != hub.per_ip_epoch:
+                    self._hold_ip(exchange, cluster, limit, route_parts)
         if exchange.answer is None:
             exchange.route_parts = route_parts
             headers = self._headers
@@ -630,6 +706,37 @@ class HttpSession(Session):
         else:
             self._queue.append(exchange)
 
+    def _hold_ip(
+        self,
+        exchange: Exchange,
+        cluster: ClusterView,
+        limit: int,
+        route_parts: tuple[str, str | None, str],
+    ) -> None:
+        """Count this connection against (cluster, source ip), or answer 429 when the
+        cluster's `max_connections_per_ip` is reached (Sōzu checks it when a request is routed
+        to a cluster; a connection counts once per cluster until it closes)."""
+        hub = self.hub
+        cluster_id = cluster.cluster_id
+        if hub.hold_ip(cluster_id, self._peer_ip, limit):
+            if self._ip_held is None or self._ip_epoch != hub.per_ip_epoch:
+                self._ip_held = set()
+                self._ip_epoch = hub.per_ip_epoch
+            self._ip_held.add(cluster_id)
+            return
+        retry_after = cluster.retry_after if cluster.retry_after is not None else hub.retry_after
+        values = {
+            "REQUEST_ID": exchange.request_id,
+            "ROUTE": route_text(*route_parts),
+            "CLUSTER_ID": cluster_id,
+            "RETRY_AFTER": str(retry_after) if retry_after else "",
+        }
+        answer = render(429, self.listener, cluster, values)
+        exchange.answer = answer
+        if not answer.keep_alive:
+            exchange.keep_alive = False
+        log.debug("connection_limit_per_ip", cluster_id=cluster_id, limit=limit)
+
     def _route_request(self, method: str, request_id: str) -> tuple[Answer, str | None, str] | None:
         """What the request head just parsed gets (`answer_request`), with its authority and
         path as text; None when its target is invalid (a 400 is then on its way)."""
@@ -655,6 +762,12 @@ class HttpSession(Session):
                 path = (parsed.path or b"/").decode("latin-1")
                 if parsed.query:
                     path += "?" + parsed.query.decode("latin-1")
+        names = self._cert_names
+        if names is not None and authority is not None:
+            bound = host_of(authority)
+            if bound is not None and not cert_covers(names, bound):
+                values = {"REQUEST_ID": request_id, "ROUTE": route_text(method, authority, path)}
+                return render(421, self.listener, None, values), authority, path
         answer = answer_request(
             self.listener, self.hub.routing, method, authority, path, request_id
         )
@@ -853,6 +966,7 @@ class HttpSession(Session):
                 set_cookie=set_cookie,
                 connection=connection,
                 drop=conn.drop,
+                hsts=exchange.hsts,
             )
         )
         if framing == Framing.NONE and status != 101:
@@ -888,6 +1002,8 @@ class HttpSession(Session):
             exchange.close_client = close
             head = conn.fast_head
             assert head is not None
+            if exchange.hsts is not None:
+                head = with_hsts(head, exchange.hsts)
             parts = [head]
             if exchange.sticky:
                 set_cookie = self._set_cookie(exchange)

@@ -194,6 +194,7 @@ class ListenerTls:
         self._wildcard: dict[str, ssl.SSLContext] = {}
         self._default: ssl.SSLContext | None = None
         self._own: _Served | None = None  # the certificate of the listener's configuration
+        self._names: dict[int, tuple[str, ...]] = {}  # id(context) -> its certificate's names
 
     # --- selection (runs inside each handshake) ----------------------------------------
 
@@ -201,6 +202,8 @@ class ListenerTls:
         chosen = self.lookup(server_name)
         if chosen is not None:
             sock.context = chosen
+            if server_name:  # the names this connection may serve (strict_sni_binding, 421)
+                sock.sozu_names = self._names.get(id(chosen), ())  # type: ignore[attr-defined]
         return None
 
     def lookup(self, server_name: str | None) -> ssl.SSLContext | None:
@@ -266,8 +269,9 @@ class ListenerTls:
                 )
                 try:
                     context = certificate_context(pair, settings)
-                    own = _Served(own_fp, (), _not_after(pair.certificate), context)
-                except TlsError as error:
+                    own_names = tuple(n.lower() for n in certs.names(pair.certificate))
+                    own = _Served(own_fp, own_names, _not_after(pair.certificate), context)
+                except (TlsError, certs.CertificateError, ValueError) as error:
                     problems.append(f"HTTPS listener {self.address} certificate: {error}")
                     own = None
         else:
@@ -292,6 +296,7 @@ class ListenerTls:
         self._exact = {k: v.context for k, v in exact.items()}
         self._wildcard = {k: v.context for k, v in wildcard.items()}
         self._default = default.context if default is not None else None
+        self._names = {id(v.context): v.names for v in (*served.values(), *([own] if own else []))}
         log.debug(
             "tls_certificates_installed",
             address=self.address,

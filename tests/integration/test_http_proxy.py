@@ -24,6 +24,7 @@ from sozu.command.addresses import to_proto
 from sozu.command.proto import (
     AddBackend,
     Cluster,
+    HstsConfig,
     PathRule,
     PathRuleKind,
     Request,
@@ -814,3 +815,85 @@ def test_upgrade_pipelined_after_a_request_waits_its_turn(
     sock.sendall(b"more")
     assert sock.recv(65536) == b"more"
     sock.close()
+
+
+def _get(sock: socket.socket, host: str) -> tuple[int, dict[str, str], bytes]:
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return read_response(sock)
+
+
+def test_max_connections_per_ip_answers_429_with_retry_after(
+    start: Callable[..., Worker], backends: Callable[[str], Backend]
+) -> None:
+    worker = start(extra="max_connections_per_ip = 2\nretry_after = 7")
+    add_cluster(worker, "app", "app.example", [backends("app")])
+    first, second = connect(worker), connect(worker)
+    assert _get(first, "app.example")[0] == 200
+    assert _get(second, "app.example")[0] == 200
+    assert _get(first, "app.example")[0] == 200  # a connection counts once
+    third = connect(worker)
+    status, headers, body = _get(third, "app.example")
+    assert status == 429
+    assert headers["retry-after"] == "7"
+    assert headers["connection"] == "close"
+    assert b"Too Many Requests" in body
+    assert third.recv(1) == b""
+    third.close()
+    assert _get(connect(worker), "app.example2")[0] == 404  # unrouted: not counted
+    first.close()
+
+    def admitted() -> bool:
+        with connect(worker) as sock:
+            return _get(sock, "app.example")[0] == 200
+
+    wait_for(admitted, what="a freed slot")
+    # `connection-limit set 0` at runtime lifts the limit
+    assert worker.call(Request(set_max_connections_per_ip=0)).status == OK
+    held = [connect(worker) for _ in range(3)]
+    assert [_get(sock, "app.example")[0] for sock in held] == [200, 200, 200]
+    assert worker.call(Request(set_max_connections_per_ip=1)).status == OK
+    extra = connect(worker)  # counts restarted from zero when the limit was lifted
+    assert _get(extra, "app.example")[0] == 200
+    assert _get(connect(worker), "app.example")[0] == 429
+    for sock in (*held, extra, second):
+        sock.close()
+
+
+def test_cluster_max_connections_per_ip_overrides_the_global_one(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    backend = backends("app")
+    add_cluster(worker, "app", "app.example", [backend])
+    add_cluster(worker, "other", "other.example", [backend])
+    limited = Cluster(cluster_id="app", max_connections_per_ip=1, retry_after=0)
+    assert worker.call(Request(add_cluster=limited)).status == OK
+    first = connect(worker)
+    assert _get(first, "app.example")[0] == 200
+    second = connect(worker)
+    status, headers, _ = _get(second, "app.example")
+    assert status == 429
+    assert "retry-after" not in headers  # retry_after = 0: no header
+    other = connect(worker)
+    assert _get(other, "other.example")[0] == 200  # the limit is per cluster
+    assert _get(other, "other.example")[0] == 200
+    for sock in (first, second, other):
+        sock.close()
+
+
+def test_no_hsts_on_plain_http_even_when_a_frontend_asks(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    add_cluster(worker, "app", "app.example", [backends("app")])
+    frontend = RequestHttpFrontend(
+        cluster_id="app",
+        address=to_proto(worker.address),
+        hostname="hsts.example",
+        path=PathRule(kind=PathRuleKind.PREFIX, value=""),
+        hsts=HstsConfig(enabled=True, max_age=600),
+    )
+    response = worker.call(Request(add_http_frontend=frontend))
+    if response.status == OK:  # accepted or refused, plain HTTP never carries HSTS
+        with connect(worker) as sock:
+            status, headers, _ = _get(sock, "hsts.example")
+        assert status == 200
+        assert "strict-transport-security" not in headers

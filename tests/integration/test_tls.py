@@ -346,3 +346,122 @@ def test_https_requests_reach_the_backend_with_forwarded_proto(
         worker.stop()
         backend.shutdown()
         backend.server_close()
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=backend.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{backend.server_address[1]}"
+    backend.shutdown()
+    backend.server_close()
+
+
+def app_worker(tmp_path: Path, backend: str, listener_extra: str) -> EdgeWorker:
+    def render(addresses: dict[str, str]) -> str:
+        return (
+            config(listener_extra)(addresses)
+            + f"""
+        [clusters.app]
+        protocol = "http"
+        frontends = []
+        backends = [{{ address = "{backend}" }}]
+        """
+        )
+
+    return spawn(tmp_path, render)
+
+
+def add_front(worker: EdgeWorker, hostname: str, hsts: HstsConfig | None = None) -> None:
+    front = RequestHttpFrontend(
+        cluster_id="app",
+        address=to_proto(worker.addresses["https"]),
+        hostname=hostname,
+        path=PathRule(kind=PathRuleKind.PREFIX, value=""),
+        hsts=hsts,
+    )
+    assert worker.call(Request(add_https_frontend=front)).status == OK
+
+
+def get(worker: EdgeWorker, ca: trustme.CA, sni: str | None, host: str) -> tuple[int, bytes]:
+    """Status and head of the answer to `GET /` with this SNI and Host."""
+    context = client_context(ca)
+    context.check_hostname = False
+    raw = socket.create_connection(("127.0.0.1", worker.port("https")), timeout=10)
+    with context.wrap_socket(raw, server_hostname=sni) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0]
+    return int(head.split(b" ", 2)[1]), head
+
+
+def test_hsts_from_the_listener_and_frontend_overrides(
+    tmp_path: Path, ca: trustme.CA, echo: str
+) -> None:
+    worker = app_worker(tmp_path, echo, "hsts = { enabled = true, max_age = 600 }")
+    try:
+        add(worker, pair(ca, "*.example")[1])
+        add_front(worker, "inherit.example")
+        add_front(worker, "off.example", HstsConfig(enabled=False))
+        own = HstsConfig(enabled=True, max_age=42, include_subdomains=True, preload=True)
+        add_front(worker, "own.example", own)
+        status, head = get(worker, ca, "inherit.example", "inherit.example")
+        assert status == 200
+        assert b"\r\nStrict-Transport-Security: max-age=600\r\n" in head
+        status, head = get(worker, ca, "off.example", "off.example")
+        assert status == 200
+        assert b"strict-transport-security" not in head.lower()
+        status, head = get(worker, ca, "own.example", "own.example")
+        assert b"\r\nStrict-Transport-Security: max-age=42; includeSubDomains; preload\r\n" in head
+    finally:
+        worker.stop()
+
+
+def test_no_hsts_when_neither_listener_nor_frontend_asks(
+    tmp_path: Path, ca: trustme.CA, echo: str
+) -> None:
+    worker = app_worker(tmp_path, echo, "")
+    try:
+        add(worker, pair(ca, "a.example")[1])
+        add_front(worker, "a.example")
+        status, head = get(worker, ca, "a.example", "a.example")
+        assert status == 200
+        assert b"strict-transport-security" not in head.lower()
+    finally:
+        worker.stop()
+
+
+def test_host_not_covered_by_the_served_certificate_gets_421(
+    tmp_path: Path, ca: trustme.CA, echo: str
+) -> None:
+    worker = app_worker(tmp_path, echo, "")
+    try:
+        add(worker, pair(ca, "a.example", "*.w.example")[1])
+        add(worker, pair(ca, "b.example")[1])
+        for host in ("a.example", "b.example", "x.w.example"):
+            add_front(worker, host)
+        assert get(worker, ca, "a.example", "a.example")[0] == 200
+        assert get(worker, ca, "a.example", "A.Example:443")[0] == 200
+        assert get(worker, ca, "a.example", "x.w.example")[0] == 200  # same certificate
+        status, head = get(worker, ca, "a.example", "b.example")  # another tenant's host
+        assert status == 421, head
+        assert get(worker, ca, "b.example", "b.example")[0] == 200
+        assert get(worker, ca, "x.w.example", "w.example")[0] == 421  # `*.` needs a label
+        assert get(worker, ca, None, "b.example")[0] == 200  # no SNI: nothing to bind to
+    finally:
+        worker.stop()
+
+
+def test_strict_sni_binding_off_lets_any_host_through(
+    tmp_path: Path, ca: trustme.CA, echo: str
+) -> None:
+    worker = app_worker(tmp_path, echo, "strict_sni_binding = false")
+    try:
+        add(worker, pair(ca, "a.example")[1])
+        add_front(worker, "b.example")
+        assert get(worker, ca, "a.example", "b.example")[0] == 200
+    finally:
+        worker.stop()

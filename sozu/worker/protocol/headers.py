@@ -242,8 +242,14 @@ def response_head(
     set_cookie: bytes | None,
     connection: bytes | None,
     drop: set[bytes] | None = None,
+    hsts: tuple[bytes, bool] | None = None,
 ) -> bytes:
-    """The head written to the client; `connection` is the `Connection` value to send."""
+    """The head written to the client; `connection` is the `Connection` value to send, `hsts`
+    the `Strict-Transport-Security` line to add and whether it replaces the backend's own (else
+    a backend's header wins)."""
+    extra = None
+    if hsts is not None:
+        extra, replace = hsts
     if not reason:
         reason = _REASONS.get(status, b"Unknown")
     out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
@@ -258,9 +264,15 @@ def response_head(
             continue
         if drop is not None and lower in drop:
             continue
+        if extra is not None and lower == b"strict-transport-security":
+            if replace:
+                continue
+            extra = None
         out += (name, b": ", value, b"\r\n")
     if set_cookie is not None:
         out += (b"Set-Cookie: ", set_cookie, b"\r\n")
+    if extra is not None:
+        out.append(extra)
     out += (id_header, b": ", request_id, b"\r\n")
     if status == 101 and upgrade_value is not None:
         out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
@@ -268,6 +280,19 @@ def response_head(
         out += (b"Connection: ", connection, b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def with_hsts(head: bytes, hsts: tuple[bytes, bool]) -> bytes:
+    """A forwarded response head (lines ending with CRLF, no blank line) with the HSTS line
+    added; the backend's own `Strict-Transport-Security` wins unless the policy replaces it."""
+    line, replace = hsts
+    at = head.lower().find(b"\r\nstrict-transport-security:")
+    if at < 0:
+        return head + line
+    if not replace:
+        return head
+    end = head.index(b"\r\n", at + 2)
+    return with_hsts(head[:at] + head[end:], hsts)
 
 
 def chunk(data: bytes) -> bytes:

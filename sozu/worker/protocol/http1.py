@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sozu.worker.protocol.answers import Template, pick
-from sozu.worker.router import Route, Routers, split_host_port
+from sozu.worker.router import Hsts, Route, Routers, split_host_port
 
 
 @dataclass(slots=True)
@@ -42,6 +42,8 @@ class ListenerView:
     public_ip: bytes = b""
     public_port: bytes = b""
     proto: bytes = b"http"
+    hsts: Hsts | None = None  # the listener's HSTS policy (HTTPS only; `router.hsts_line`)
+    strict_sni: bool = True  # HTTPS: Host must be covered by the served certificate (421)
 
 
 @dataclass(slots=True)
@@ -54,6 +56,8 @@ class ClusterView:
     backends: int = 0
     sticky_session: bool = False
     templates: Mapping[str, Template] = field(default_factory=dict)
+    max_connections_per_ip: int | None = None  # None: the worker's global limit applies
+    retry_after: int | None = None  # None: the worker's global Retry-After applies
 
 
 @dataclass(slots=True)
@@ -134,6 +138,17 @@ def host_of(authority: str) -> str | None:
         _HOSTS.clear()
     _HOSTS[authority] = host
     return host
+
+
+def cert_covers(names: tuple[str, ...], host: str) -> bool:
+    """Whether a certificate with these (lower-case) names serves `host` (RFC 6125: `*.` stands
+    for exactly one non-empty left-most label). Sōzu's strict SNI binding answers 421 when the
+    certificate served at the handshake does not cover the request's host."""
+    host = host.lower().removesuffix(".")
+    if host in names:
+        return True
+    label, dot, rest = host.partition(".")
+    return bool(label and dot) and ("*." + rest) in names
 
 
 def answer_request(
