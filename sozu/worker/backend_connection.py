@@ -283,6 +283,8 @@ class BackendConnection(asyncio.Protocol):
     # --- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.owner is None:  # a response after the answer was delivered: never reused
+            self.close()
         self.fast_head = None
         self.headers = []
         self.trailers = []

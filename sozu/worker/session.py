@@ -462,8 +462,7 @@ class HttpSession(Session):
             if conn is not None:
                 conn.write(data)
             return
-        if not (self._in_request and self._headers_done):
-            self._head_bytes += len(data)
+        self._head_bytes += len(data)  # head and trailer bytes; `on_body` resets it
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -484,13 +483,8 @@ class HttpSession(Session):
                 self._arm(self.listener.request_timeout)
         if self._to_back:
             self.flush_back()
-        if (
-            not self._closing
-            and not self._headers_done
-            and self._head_bytes > self.hub.buffer_size
-            and self._in_request
-        ):
-            self._too_large()
+        if not self._closing and self._head_bytes > self.hub.buffer_size and self._in_request:
+            self._too_large()  # a head, or a chunked request's trailers, beyond buffer_size
 
     def eof_received(self) -> bool | None:
         current = self._current
@@ -774,6 +768,7 @@ class HttpSession(Session):
         return answer, authority, path
 
     def on_body(self, body: bytes) -> None:
+        self._head_bytes = 0
         exchange = self._parsing
         if exchange is None or exchange.answer is not None:
             return

@@ -176,6 +176,12 @@ class Backend:
             body = b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n"
             conn.sendall(head + body)
             return True
+        if path.startswith("/junkchunked"):  # junk after an answer read by the full parser
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"4\r\njunk\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"
+            )
+            return True
         if path.startswith("/extra"):  # bytes nobody asked for after the answer
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextraHTTP/1.1 200 OK\r\n")
             return True
@@ -593,6 +599,21 @@ def test_answers_read_as_bytes_whole_in_pieces_or_followed_by_junk(
     assert app.connections == 2
 
 
+def test_junk_after_a_chunked_answer_keeps_its_connection_out_of_the_pool(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    app = backends("app")
+    add_cluster(worker, "app", "app.example", [app])
+    sock = connect(worker)
+    for path, body in (("/junkchunked", b"junk"), ("/x", b"app")):
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: app.example\r\n\r\n" % path.encode())
+        status, _, received = read_response(sock)
+        assert (status, received) == (200, body), path
+    sock.close()
+    # the connection that sent a head nobody asked for was not reused: a second one was opened
+    assert app.connections == 2
+
+
 def test_a_kept_alive_client_connection_follows_routing_changes(
     worker: Worker, backends: Callable[[str], Backend]
 ) -> None:
@@ -782,6 +803,31 @@ def test_request_head_too_large_gets_413_and_response_head_too_large_507(
     assert app.seen == []
     response = worker.get("app.example", "/bighead")
     assert response.status == 507
+
+
+def test_request_trailers_beyond_the_buffer_get_413(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    app = backends("app")
+    add_cluster(worker, "app", "app.example", [app])
+    sock = connect(worker)
+    sock.settimeout(5)
+    head = b"POST /echo HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+    sock.sendall(head + b"5\r\nhello\r\n0\r\nX-Trailer: ")
+    time.sleep(0.1)
+    sock.sendall(b"t" * 40_000)
+    data = b""
+    while chunk := sock.recv(65536):  # before: no answer, the trailer kept growing in memory
+        data += chunk
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 413 ")
+    # bodies of any size are still fine: only head and trailer bytes count
+    body = b"x" * 200_000
+    client = http.client.HTTPConnection("127.0.0.1", worker.port(), timeout=5)
+    client.request("POST", "/sha", body=body, headers={"Host": "app.example"})
+    response = client.getresponse()
+    assert (response.status, response.read()) == (200, hashlib.sha256(body).hexdigest().encode())
+    client.close()
 
 
 def test_idle_backend_connection_closed_by_the_backend_is_not_reused(
