@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,25 +34,10 @@ from sozu.command.proto import (
 )
 from sozu.command.scm import Listeners, send_listeners
 from sozu.command.state import ConfigState, canonical
+from tests.integration.harness import bind_listener
 
 WORKER_ID = 4
 OK, FAILURE, PROCESSING = ResponseStatus.OK, ResponseStatus.FAILURE, ResponseStatus.PROCESSING
-
-
-def bind_listener() -> tuple[socket.socket, str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.01)
 
 
 @dataclass

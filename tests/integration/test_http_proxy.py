@@ -30,7 +30,8 @@ from sozu.command.proto import (
     Request,
     RequestHttpFrontend,
 )
-from tests.integration.test_worker import OK, Worker, start, wait_for
+from tests.integration.harness import wait_for
+from tests.integration.test_worker import OK, Worker, start
 
 __all__ = ["start"]  # the fixture, re-exported for pytest
 

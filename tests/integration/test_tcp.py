@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.edge_worker import EdgeWorker, bind_listener, spawn, wait_for
+from tests.integration.edge_worker import EdgeWorker, spawn
+from tests.integration.harness import bind_listener, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
