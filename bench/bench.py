@@ -579,7 +579,8 @@ def profile(server: Server, backend: Server) -> None:
     if not worker:
         log("no sozu worker process to profile")
         return
-    out = HERE / "results" / "profile-sozu-small.svg"
+    raw = os.environ.get("BENCH_PROFILE") == "raw"
+    out = HERE / "results" / ("profile-sozu-small.txt" if raw else "profile-sozu-small.svg")
     seconds = max(SECONDS, 5)
     log(f"profiling sozu worker {worker[-1]} for {seconds}s -> {out}")
     spy_proc = subprocess.Popen(
@@ -590,6 +591,7 @@ def profile(server: Server, backend: Server) -> None:
             str(seconds),
             "-o",
             str(out),
+            *(["-f", "raw"] if raw else []),
             "--pid",
             str(worker[-1]),
         ],
