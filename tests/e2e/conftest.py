@@ -6,12 +6,14 @@ then whatever it left behind with SIGKILL), so a failing test leaves no worker s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import pytest
 
 from sozu.command.channel import Channel
 from sozu.command.proto import Request, Response, ResponseStatus
+from sozu.demo.backend import serve
 
 STARTUP_SECONDS = 30.0
 
@@ -171,3 +174,38 @@ def make_sozu(tmp_path: Path) -> Iterator[Callable[..., Sozu]]:
     yield make
     for sozu in started:
         sozu.stop()
+
+
+class Backends:
+    """Demo backends, each answering with its own name, on a loop in a background thread."""
+
+    def __init__(self, count: int) -> None:
+        self.ports = [free_port() for _ in range(count)]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers = [
+            asyncio.run_coroutine_threadsafe(
+                serve("127.0.0.1", port, f"b{index}"), self.loop
+            ).result(10)
+            for index, port in enumerate(self.ports)
+        ]
+
+    def close(self) -> None:
+        for server in self.servers:
+            self.loop.call_soon_threadsafe(server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[[int], Backends]]:
+    made: list[Backends] = []
+
+    def make(count: int) -> Backends:
+        made.append(Backends(count))
+        return made[-1]
+
+    yield make
+    for group in made:
+        group.close()

@@ -2,56 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import http.client
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from sozu.demo.backend import serve
-from tests.e2e.conftest import Sozu, free_port
+from tests.e2e.conftest import Backends, Sozu, free_port
 
 MakeSozu = Callable[..., Sozu]
 TIMEOUTS = "front_timeout = 1\nrequest_timeout = 1\nback_timeout = 2\nconnect_timeout = 1"
-
-
-class Backends:
-    """Demo backends, each answering with its own name, on a loop in a background thread."""
-
-    def __init__(self, count: int) -> None:
-        self.ports = [free_port() for _ in range(count)]
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers = [
-            asyncio.run_coroutine_threadsafe(
-                serve("127.0.0.1", port, f"b{index}"), self.loop
-            ).result(10)
-            for index, port in enumerate(self.ports)
-        ]
-
-    def close(self) -> None:
-        for server in self.servers:
-            self.loop.call_soon_threadsafe(server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@pytest.fixture
-def backends() -> Iterator[Callable[[int], Backends]]:
-    made: list[Backends] = []
-
-    def make(count: int) -> Backends:
-        made.append(Backends(count))
-        return made[-1]
-
-    yield make
-    for group in made:
-        group.close()
 
 
 def ok(sozu: Sozu, *words: str) -> None:
