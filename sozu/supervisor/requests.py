@@ -19,7 +19,6 @@ Every handler returns whether the client stays connected.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,15 +53,14 @@ from sozu.supervisor.audit import (
     RESULT_ERR,
     RESULT_OK,
     AuditSubject,
-    FanOut,
-    describe,
-    new_ulid,
-    request_sha256,
 )
+from sozu.supervisor.audit_trail import AuditTrail
 from sozu.supervisor.events import event_for
 from sozu.supervisor.gathering import Gathered, Scatter, request_name
 from sozu.supervisor.listeners import ListenerError
 from sozu.supervisor.sessions import ClientSession
+from sozu.supervisor.upgrade import upgrade_main
+from sozu.supervisor.worker_upgrade import upgrade_worker
 from sozu.supervisor.workers import ProcessingCallback, Worker
 
 if TYPE_CHECKING:
@@ -86,76 +84,6 @@ _ALLOWED_WHILE_STOPPING = frozenset(
         "count_requests",
     }
 )
-
-
-class AuditTrail:
-    """The audit lines of one request: same session, same request ULID, same subject."""
-
-    def __init__(
-        self, sup: Supervisor, session: ClientSession | None, subject: AuditSubject | None,
-        request: Request | None = None,
-    ) -> None:  # fmt: skip
-        self.sup = sup
-        self.session = session
-        self.subject = subject
-        self.request_ulid = new_ulid()
-        self.sha = request_sha256(request) if request is not None else None
-        self.started = time.monotonic()
-
-    @classmethod
-    def of(cls, sup: Supervisor, session: ClientSession, request: Request) -> AuditTrail:
-        """Describe `request` against the state as it is now (before any change)."""
-        subject = describe(
-            request,
-            sup.state,
-            client_id=session.client_id,
-            config_path=str(sup.config.config_path),
-            boot_generation=sup.audit.boot_generation,
-        )
-        return cls(sup, session, subject, request)
-
-    def elapsed_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
-
-    def record(
-        self,
-        result: str,
-        *,
-        error_code: str | None = None,
-        reason: str | None = None,
-        fanout: FanOut | None = None,
-        elapsed: bool = True,
-        target: str | None = None,
-    ) -> None:
-        if self.subject is None:
-            return
-        subject = self.subject if target is None else self.subject.with_target(target)
-        self.sup.audit.record(
-            self.session.context if self.session is not None else None,
-            subject,
-            request_ulid=self.request_ulid,
-            result=result,
-            error_code=error_code,
-            reason=reason,
-            elapsed_ms=self.elapsed_ms() if elapsed else None,
-            fanout=fanout,
-            request_sha256=self.sha,
-        )
-
-    def attempt(self) -> None:
-        """Accepted by the main state; the workers have not answered yet."""
-        self.record(RESULT_OK, elapsed=False)
-
-    def completion(self, gathered: Gathered) -> None:
-        if gathered.succeeded:
-            self.record(RESULT_OK, fanout=gathered.fanout())
-        else:
-            self.record(
-                RESULT_ERR,
-                fanout=gathered.fanout(),
-                error_code=gathered.error_code(),
-                reason=gathered.failure_message(),
-            )
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -646,15 +574,6 @@ async def stop(sup: Supervisor, session: ClientSession, request: Request) -> boo
     return False
 
 
-async def upgrade(sup: Supervisor, session: ClientSession, request: Request) -> bool:
-    """Main and worker upgrades come with the always-up issue; refused (and audited) now."""
-    what = "main process" if request.WhichOneof("request_type") == "upgrade_main" else "worker"
-    message = f"{what} upgrade is not supported yet"
-    AuditTrail.of(sup, session, request).record(RESULT_ERR, error_code=ERROR_OTHER, reason=message)
-    await session.failure(message)
-    return True
-
-
 async def not_for_clients(sup: Supervisor, session: ClientSession, request: Request) -> bool:
     kind = request.WhichOneof("request_type")
     if kind == "launch_worker":
@@ -673,8 +592,8 @@ _HANDLERS: dict[str, Handler] = {
     "list_listeners": list_listeners,
     "launch_worker": not_for_clients,
     "return_listen_sockets": not_for_clients,
-    "upgrade_main": upgrade,
-    "upgrade_worker": upgrade,
+    "upgrade_main": upgrade_main,
+    "upgrade_worker": upgrade_worker,
     "subscribe_events": subscribe_events,
     "reload_configuration": reload_configuration,
     "status": status,

@@ -195,6 +195,7 @@ class Supervisor:
         )
         self.sessions: set[ClientSession] = set()
         self.stopping = False
+        self.upgrading = False  # a main upgrade is in progress: other changes wait
         self.started = False
         self.startup_error: str | None = None
         self._hard = False

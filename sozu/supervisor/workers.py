@@ -93,6 +93,7 @@ class Worker:
         self.started_at = time.monotonic()
         self.scm = scm_sock
         self.lost_reason: str | None = None
+        self.retiring = False  # being replaced by a worker upgrade: its exit is expected
         self.exited = asyncio.Event()
         self.initial_status: asyncio.Future[WorkerResponse] | None = None
         self._sock = channel_sock
