@@ -9,7 +9,9 @@ worker's copy is closed and the listener needs a fresh socket to be activated ag
 supervisor sends one, since it closes its own copy on deactivation too).
 
 HTTPS listeners accept with the listener's `ssl.SSLContext` (`sozu.worker.tls`), TCP listeners
-with `sozu.worker.tcp.TcpSession`. `Edge` keeps both in step with the worker's ConfigState:
+with `sozu.worker.tcp.TcpSession`. HTTP and HTTPS listeners with `expect_proxy` accept through a
+`sozu.worker.proxy_accept.ProxyAcceptor`, which reads the PROXY header before the session (and
+the TLS handshake) starts. `Edge` keeps both in step with the worker's ConfigState:
 the worker server asks it for a listener's context and TCP session factory, and tells it of
 every applied change (`Edge.changed`).
 """
@@ -22,7 +24,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from sozu.command.addresses import normalize, to_text
 from sozu.command.certificate import CertificateError, fingerprint_hex
@@ -33,6 +35,7 @@ from sozu.command.scm import KINDS, Listeners, ScmError, receive_listeners
 from sozu.command.state import ConfigState
 from sozu.worker.access_log import AccessLog
 from sozu.worker.backends import BackendPool
+from sozu.worker.proxy_accept import ProxyAcceptor
 from sozu.worker.tcp import Hub, TcpRoutes, TcpSession
 from sozu.worker.tls import TlsContexts
 
@@ -57,6 +60,12 @@ Key = tuple[Kind, str]
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
+class Accepting(Protocol):
+    """What accepts on an activated listener: an asyncio server or a `ProxyAcceptor`."""
+
+    def close(self) -> None: ...
+
+
 class ListenerError(SozuError):
     """A listener that cannot be activated."""
 
@@ -74,7 +83,7 @@ class ListenerPool:
     def __init__(self, scm: socket.socket, received: Listeners | None = None) -> None:
         self.scm = scm
         self._idle: dict[Key, socket.socket] = {}
-        self._servers: dict[Key, asyncio.AbstractServer] = {}
+        self._servers: dict[Key, Accepting] = {}
         if received is not None:
             self.add(received)
 
@@ -124,8 +133,10 @@ class ListenerPool:
         address: str,
         factory: ProtocolFactory,
         ssl_context: ssl.SSLContext | None = None,
+        proxy_header_timeout: float | None = None,
     ) -> None:
-        """Start accepting on a held socket (TLS with `ssl_context`); ListenerError when there
+        """Start accepting on a held socket (TLS with `ssl_context`; a PROXY header first,
+        awaited `proxy_header_timeout` seconds, when that is set); ListenerError when there
         is none or it fails."""
         key = (kind, address)
         if key in self._servers:
@@ -139,7 +150,13 @@ class ListenerPool:
         loop = asyncio.get_running_loop()
         try:
             sock.setblocking(False)
-            server = await loop.create_server(factory, sock=sock, backlog=BACKLOG, ssl=ssl_context)
+            server: Accepting
+            if proxy_header_timeout is not None:
+                server = ProxyAcceptor(sock, factory, ssl_context, proxy_header_timeout)
+            else:
+                server = await loop.create_server(
+                    factory, sock=sock, backlog=BACKLOG, ssl=ssl_context
+                )
         except (OSError, ValueError, RuntimeError) as error:
             raise ListenerError(f"cannot accept on {address}: {error}") from None
         del self._idle[key]
@@ -191,6 +208,7 @@ _TCP_CHANGES = frozenset(
     }
 )
 _BACKEND_CHANGES = frozenset({"add_cluster", "remove_cluster", "add_backend", "remove_backend"})
+_TCP_CLUSTER_CHANGES = frozenset({"add_cluster", "remove_cluster"})  # their proxy_protocol
 
 
 class Edge:
@@ -250,7 +268,7 @@ class Edge:
                     new = fingerprint_hex(replace.new_certificate.certificate)
                     self.tls.replaced(address, replace.old_fingerprint, new)
             problems += self.tls.refresh(self.state, address)
-        if kind in _TCP_CHANGES:
+        if kind in _TCP_CHANGES or kind in _TCP_CLUSTER_CHANGES:
             self.tcp.rebuild(self.state)
         if kind == "remove_listener" and request.remove_listener.proxy == ListenerType.HTTPS:
             self.tls.forget(_canonical(_address_of(request.remove_listener)))

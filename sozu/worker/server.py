@@ -53,6 +53,7 @@ from sozu.command.proto import (
     ResponseContent,
     ResponseStatus,
     ServerConfig,
+    SocketAddress,
     WorkerRequest,
     WorkerResponse,
 )
@@ -477,13 +478,25 @@ class WorkerServer:
                 await self.pool.receive(kind, address, SCM_TIMEOUT)
             try:
                 context = self.edge.ssl_context(address) if kind == ListenerType.HTTPS else None
-                await self.pool.activate(kind, address, self._factory(kind, address), context)
+                header_timeout = self._proxy_header_timeout(kind, activate.address)
+                await self.pool.activate(
+                    kind, address, self._factory(kind, address), context, header_timeout
+                )
             except ListenerError as error:
                 log.warning("listener_not_activated", address=address, reason=str(error))
                 return failure(request.id, str(error))
             log.info("listener_activated", kind=KIND_NAMES[kind], address=address)
         self.state.apply(request.content)
         return ok(request.id)
+
+    def _proxy_header_timeout(self, kind: Kind, address: SocketAddress) -> float | None:
+        """For an HTTP(S) listener with `expect_proxy`: how long its PROXY header may take
+        (request_timeout, as in Sōzu); None for the others. TCP listeners follow their
+        cluster's proxy_protocol instead (`sozu.worker.tcp`)."""
+        config = self.state.listener(kind, address)
+        if isinstance(config, HttpListenerConfig | HttpsListenerConfig) and config.expect_proxy:
+            return float(config.request_timeout)
+        return None
 
     async def _deactivate_listener(self, request: WorkerRequest, initial: bool) -> WorkerResponse:
         deactivate = request.content.deactivate_listener

@@ -272,6 +272,10 @@ class SessionHub:
 class Session(asyncio.Protocol):
     """Common part of client sessions: admission, release, stop orders."""
 
+    # the client address of a PROXY protocol header, set before `connection_made` when the
+    # listener expects one (`sozu.worker.proxy_accept`); else the socket's peer is the client
+    peer_override: tuple[str, int] | None = None
+
     def __init__(self, hub: SessionHub) -> None:
         self.hub = hub
         self.transport: asyncio.Transport | None = None
@@ -439,7 +443,7 @@ class HttpSession(Session):
         assert transport is not None
         self.gate.transport = transport
         limit_writes(transport, self.hub.buffer_size)
-        peer = transport.get_extra_info("peername")
+        peer = self.peer_override or transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer_ip = str(peer[0]).encode("ascii")
             self._peer_port = int(peer[1])

@@ -12,8 +12,21 @@ high-water mark at `buffer_size`; over it, the other side stops reading until th
 drains, so a session holds a bounded amount of memory whatever the transfer size.
 Half-close, idle timeouts and the end of the pipe are decided by `protocol.pipe.PipeState`.
 
-`TcpRoutes` is the worker's table (listener address -> cluster, listener timeouts) rebuilt
-from the ConfigState on change. One access log record is written per session when enabled.
+PROXY protocol, as Sōzu does it, follows the cluster's `proxy_protocol` (the configuration
+derives it from the cluster's `send_proxy` and the `expect_proxy` of the listener its frontend
+is on; the TCP listener's own flag is not read here):
+
+- EXPECT_HEADER: the client's first bytes must be a PROXY header (v1 or v2), complete within
+  `front_timeout`; its source address becomes the client's (access log). No header, an invalid
+  one or none in time closes the connection, and no backend is contacted.
+- SEND_HEADER: a v2 header (source: the client's address, destination: the address it
+  connected to) is written to the backend before any client byte.
+- RELAY_HEADER: the header is expected as for EXPECT_HEADER, then written to the backend as
+  received, before the bytes that followed it.
+
+`TcpRoutes` is the worker's table (listener address -> cluster, its proxy_protocol, listener
+timeouts) rebuilt from the ConfigState on change. One access log record is written per session
+when enabled.
 """
 
 from __future__ import annotations
@@ -27,11 +40,17 @@ from typing import Any, Protocol, cast
 
 from sozu.command.addresses import to_text
 from sozu.command.logging import get_logger
-from sozu.command.proto import FrontendFilters, ListenerType, TcpListenerConfig
+from sozu.command.proto import (
+    FrontendFilters,
+    ListenerType,
+    ProxyProtocolConfig,
+    TcpListenerConfig,
+)
 from sozu.command.state import ConfigState
 from sozu.worker.access_log import AccessLog
 from sozu.worker.backends import MAX_CONNECT_RETRIES, Backend, BackendPool
 from sozu.worker.protocol.pipe import BACK, FRONT, PipeState, Verdict
+from sozu.worker.protocol.proxy_protocol import Invalid, Parsed, build_v2, parse
 
 log = get_logger(__name__)
 
@@ -53,6 +72,14 @@ class TcpListenerView:
     front_timeout: float = 60.0
     back_timeout: float = 30.0
     connect_timeout: float = 3.0
+    proxy_protocol: int | None = None  # a ProxyProtocolConfig value of the cluster
+
+    @property
+    def reads_header(self) -> bool:
+        return self.proxy_protocol in (
+            ProxyProtocolConfig.EXPECT_HEADER,
+            ProxyProtocolConfig.RELAY_HEADER,
+        )
 
 
 class TcpRoutes:
@@ -73,12 +100,20 @@ class TcpRoutes:
         for listener in state.listeners(ListenerType.TCP):
             assert isinstance(listener, TcpListenerConfig)
             address = to_text(listener.address)
+            cluster_id = clusters.get(address)
+            cluster = state.cluster(cluster_id) if cluster_id is not None else None
+            proxy_protocol = (
+                cluster.proxy_protocol
+                if cluster is not None and cluster.HasField("proxy_protocol")
+                else None
+            )
             views[address] = TcpListenerView(
                 address,
-                clusters.get(address),
+                cluster_id,
                 float(listener.front_timeout),
                 float(listener.back_timeout),
                 float(listener.connect_timeout),
+                proxy_protocol,
             )
         self.views = views
 
@@ -133,6 +168,9 @@ class TcpSession(asyncio.Protocol):
         self._early: list[bytes] = []  # client bytes received before the backend connected
         self._early_size = 0
         self._early_eof = False
+        self._header: bytes | None = None  # PROXY header bytes so far, while one is expected
+        self._relayed = b""  # the received header, for RELAY_HEADER
+        self._peer: tuple[str, int] | None = None
 
     # --- client side -------------------------------------------------------------------
 
@@ -146,11 +184,49 @@ class TcpSession(asyncio.Protocol):
         self._started = time.monotonic()
         peer = self.front.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
+            self._peer = (str(peer[0]), int(peer[1]))
             self._client = f"{peer[0]}:{peer[1]}"
-        self.front.pause_reading()
         self.front.set_write_buffer_limits(high=self.hub.buffer_size)
+        if self.view.reads_header:
+            self._header = b""
+            if self.view.front_timeout > 0:
+                self._timer = asyncio.get_running_loop().call_later(
+                    self.view.front_timeout, self._finish, "no PROXY header in time"
+                )
+            return
+        self._start_connecting()
+
+    def _start_connecting(self) -> None:
+        assert self.front is not None
+        self.front.pause_reading()
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
         self._connecting.add_done_callback(self._connected)
+
+    def _header_data(self, data: bytes) -> None:
+        """Bytes while a PROXY header is expected: the header, maybe followed by stream bytes."""
+        data = self._header + data if self._header else data
+        result = parse(data)
+        if isinstance(result, Invalid):
+            log.debug("proxy_header_refused", address=self.view.address, reason=result.reason)
+            self._finish(f"invalid PROXY header: {result.reason}")
+            return
+        if not isinstance(result, Parsed):
+            self._header = data
+            return
+        self._header = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if result.source is not None:
+            self._peer = result.source
+            self._client = f"{result.source[0]}:{result.source[1]}"
+        if self.view.proxy_protocol == ProxyProtocolConfig.RELAY_HEADER:
+            self._relayed = data[: result.consumed]
+        rest = data[result.consumed :]
+        if rest:
+            self._early.append(rest)
+            self._early_size += len(rest)
+        self._start_connecting()
 
     def _connected(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -158,6 +234,9 @@ class TcpSession(asyncio.Protocol):
             self._finish("internal error")
 
     def data_received(self, data: bytes) -> None:
+        if self._header is not None:
+            self._header_data(data)
+            return
         if self.back is None or self.pipe is None:
             # reading is paused until the backend is connected, but an event loop may have
             # read already: keep it, bounded by buffer_size
@@ -170,6 +249,9 @@ class TcpSession(asyncio.Protocol):
         self.back.write(data)
 
     def eof_received(self) -> bool | None:
+        if self._header is not None:
+            self._finish("client closed before a PROXY header")
+            return None
         if self.pipe is None and not self._done:
             self._early_eof = True
             return True
@@ -244,6 +326,13 @@ class TcpSession(asyncio.Protocol):
         now = time.monotonic()
         self.pipe = PipeState(self.view.front_timeout, self.view.back_timeout, now)
         self._arm()
+        if self.view.proxy_protocol == ProxyProtocolConfig.SEND_HEADER:
+            local = self.front.get_extra_info("sockname")
+            destination = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+            back.write(build_v2(self._peer, destination))
+        elif self._relayed:
+            back.write(self._relayed)
+            self._relayed = b""
         if self._early:
             data = b"".join(self._early)
             self._early.clear()
