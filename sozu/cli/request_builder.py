@@ -78,6 +78,7 @@ from sozu.command.proto import (
     Response,
     ResponseContent,
     RulePosition,
+    RunState,
     SetHealthCheck,
     SoftStop,
     Status,
@@ -1056,7 +1057,10 @@ def _find_cluster(content: ResponseContent, cluster_id: str) -> Cluster | None:
 
 
 def worker_ids(response: Response) -> list[int]:
-    """The worker ids of a ListWorkers answer, in order."""
+    """The ids of the running workers of a ListWorkers answer, in order (the list also keeps
+    stopped workers for a while: they have nothing left to upgrade)."""
     if not response.HasField("content") or response.content.WhichOneof("content_type") != "workers":
         raise InvalidInput("unexpected answer to ListWorkers: no worker list")
-    return sorted(worker.id for worker in response.content.workers.vec)
+    return sorted(
+        worker.id for worker in response.content.workers.vec if worker.run_state == RunState.RUNNING
+    )

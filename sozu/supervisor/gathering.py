@@ -162,6 +162,11 @@ class Scatter:
         for entry in self.entries:
             answer = WorkerAnswer(entry.worker.id, entry.index)
             future = entry.future
+            answered = future.done() and not future.cancelled() and future.exception() is None
+            if entry.worker.retiring and not answered:
+                if not future.done():  # a worker being replaced: its silence is no failure
+                    entry.worker.forget(entry.request_id)
+                continue
             if not future.done():
                 entry.worker.forget(entry.request_id)
                 answer.timed_out = True

@@ -505,6 +505,10 @@ class Supervisor:
     def _worker_lost(self, worker: Worker) -> None:
         if self.stopping or not self.started:
             return
+        if worker.retiring:  # replaced by a worker upgrade: its exit was asked for
+            log.info("worker_retired", worker_id=worker.id, pid=worker.pid)
+            self.workers.prune(keep_stopped=self.config.worker_count)
+            return
         log.warning("worker_died", worker_id=worker.id, pid=worker.pid, reason=worker.lost_reason)
         self.audit.record(
             None,

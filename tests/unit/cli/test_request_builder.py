@@ -424,6 +424,8 @@ def test_worker_ids_of_a_list_workers_answer() -> None:
                 vec=[
                     WorkerInfo(id=2, pid=20, run_state=RunState.RUNNING),
                     WorkerInfo(id=0, pid=10, run_state=RunState.RUNNING),
+                    WorkerInfo(id=1, pid=11, run_state=RunState.STOPPED),
+                    WorkerInfo(id=3, pid=12, run_state=RunState.STOPPING),
                 ]
             )
         ),
