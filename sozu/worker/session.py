@@ -11,7 +11,9 @@ streamed back as it is parsed, and the backend connection returns to the idle po
 sides allow keep-alive. Pipelined requests are parsed ahead but answered in order: the client's
 reading pauses while an answer is in progress. Back-pressure pauses reading on one side while
 the other side's write buffer is over `buffer_size` (`sozu.worker.flow_control`). After a
-`101 Switching Protocols` both connections become a byte pipe.
+`101 Switching Protocols` both connections become a byte pipe, closed once no byte moved either
+way for `front_timeout` (or `back_timeout` when shorter), as Sōzu resets both timeouts on any
+pipe activity.
 
 Errors end only the exchange they hit: the backend closing before its answer -> 502 (a reused
 idle connection is first retried once on a fresh connection when the request can be replayed),
@@ -20,6 +22,12 @@ closed. Invalid HTTP (llhttp strict: CL with TE, differing Content-Length, obs-f
 size, bare LF, NUL, invalid method or target) -> 400 and close, the request never reaching a
 backend; a request head larger than `buffer_size` -> 413; a request not complete within
 `request_timeout` -> 408; an idle keep-alive connection closes silently after `front_timeout`.
+Trailers of a chunked answer beyond `buffer_size` cut that answer (both connections close).
+
+An exception nothing expects in a protocol callback (data, end of stream, loss, write pauses,
+timers, the backend connect task) is a bug: `_crash` logs it once and aborts this client
+connection and its backend connections; the worker goes on. Each callback body sits in one
+`try` (free in CPython 3.11 while nothing is raised), so the hot path pays nothing for it.
 
 Hot path (DESIGN.md §5): a connection remembers the route of its last forwarded request and
 reuses it while target, Host and method repeat and neither the routers (`Router.generation`)

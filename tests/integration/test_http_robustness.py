@@ -254,7 +254,12 @@ def test_an_idle_upgraded_pipe_closes_after_front_timeout(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
         )
         while data := conn.recv(65536):
-            conn.sendall(data)
+            if data == b"push":  # the backend alone speaks for a while
+                for _ in range(3):
+                    time.sleep(0.4)
+                    conn.sendall(b"tick")
+            else:
+                conn.sendall(data)
 
     ws = raw_backends(websocket_echo)
     add_cluster(worker, "ws", "ws.example", [ws.address])
@@ -268,11 +273,16 @@ def test_an_idle_upgraded_pipe_closes_after_front_timeout(
         head += sock.recv(65536)
     assert head.startswith(b"HTTP/1.1 101 ")
     began = time.monotonic()
-    for _ in range(4):  # traffic keeps the pipe open past front_timeout
+    for _ in range(3):  # traffic keeps the pipe open past front_timeout
         time.sleep(0.4)
         sock.sendall(b"ping")
         assert sock.recv(65536) == b"ping"
-    assert time.monotonic() - began > 1.5
+    assert time.monotonic() - began > 1.1
+    sock.sendall(b"push")  # then only backend -> client bytes: they keep it open too
+    pushed = b""
+    while len(pushed) < 12:
+        pushed += sock.recv(65536)
+    assert pushed == b"tick" * 3
     idle_from = time.monotonic()
     assert _read_all(sock) == b""
     assert 0.8 < time.monotonic() - idle_from < 3
