@@ -31,12 +31,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from sozu.command.logging import get_logger
 from sozu.worker.backends import Backend, BackendPool
 from sozu.worker.flow_control import WRITE, ReadGate
 from sozu.worker.protocol.headers import Framing, connection_extras, scan_response_head
 
 if TYPE_CHECKING:
     from sozu.worker.session import HttpSession
+
+log = get_logger(__name__)
 
 MAX_IDLE_PER_BACKEND = 128
 """Idle connections kept per backend; more are closed when released."""
@@ -81,6 +84,7 @@ class BackendConnection(asyncio.Protocol):
         "_mode",
         "_remaining",
         "_sink",
+        "_tail_bytes",
         "backend",
         "closed",
         "drop",
@@ -124,6 +128,7 @@ class BackendConnection(asyncio.Protocol):
         self.drop: set[bytes] | None = None
         self._in_body = False
         self._head_bytes = 0
+        self._tail_bytes = 0
         self._chunk = 0
         self._buffer_size = buffer_size
         self._mode = _HEAD
@@ -143,20 +148,23 @@ class BackendConnection(asyncio.Protocol):
         self.pool.connection_opened(self.backend)
 
     def data_received(self, data: bytes) -> None:
-        owner = self.owner
-        if owner is None:  # idle: a backend must not talk unasked
-            self.close()
-            return
-        if self.piping:
-            owner.pipe_from_backend(data)
-            return
-        mode = self._mode
-        if mode == _FAST:
-            self._fast_body(owner, data)
-        elif mode == _FULL:
-            self._feed(owner, data)
-        else:
-            self._head(owner, data)
+        try:
+            owner = self.owner
+            if owner is None:  # idle: a backend must not talk unasked
+                self.close()
+                return
+            if self.piping:
+                owner.pipe_from_backend(data)
+                return
+            mode = self._mode
+            if mode == _FAST:
+                self._fast_body(owner, data)
+            elif mode == _FULL:
+                self._feed(owner, data)
+            else:
+                self._head(owner, data)
+        except Exception as error:  # a bug: this exchange ends, the worker goes on
+            self._crash("backend data_received", error)
 
     def _head(self, owner: HttpSession, data: bytes) -> None:
         """Bytes while waiting for a head: kept until it is complete, then read one way."""
@@ -225,8 +233,15 @@ class BackendConnection(asyncio.Protocol):
         owner.response_fast(self, data, not remaining)
 
     def _feed(self, owner: HttpSession, data: bytes) -> None:
-        """The callback parser (any answer the byte path does not take)."""
+        """The callback parser (any answer the byte path does not take).
+
+        Bytes that are neither head nor body (chunk sizes, extensions, trailers) are counted
+        from the last body bytes on (`_tail_bytes`, reset by `on_body`): beyond `buffer_size`
+        the answer is cut, as the request side bounds a client's trailers (llhttp would
+        otherwise keep growing a trailer that never ends)."""
         self._chunk = len(data)
+        if self._in_body:
+            self._tail_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -245,8 +260,8 @@ class BackendConnection(asyncio.Protocol):
                 self.parser = httptools.HttpResponseParser(self)
                 self.stop_at_head = False
                 self._mode = _HEAD
-            else:
-                owner.response_failed(self, str(error.__cause__ or error))
+            else:  # our own callback raised: a bug, not the backend's fault
+                self._crash("backend parser callback", error.__context__ or error)
                 return
         except httptools.HttpParserError as error:
             owner.response_failed(self, str(error.__cause__ or error) or "invalid response")
@@ -256,6 +271,9 @@ class BackendConnection(asyncio.Protocol):
             if self._head_bytes > self._buffer_size and self.owner is not None:
                 self.owner.response_too_large(self)
                 return
+        elif self._tail_bytes > self._buffer_size and self.owner is not None:
+            self.owner.response_too_large(self)  # endless trailers or chunk extensions
+            return
         if self.owner is not None:
             self.owner.flush_front()
 
@@ -264,23 +282,35 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.idle.forget(self)
-        self.pool.connection_closed(self.backend)
         owner, self.owner = self.owner, None
-        if owner is not None:
-            owner.backend_lost(self)
+        try:
+            self.idle.forget(self)
+            self.pool.connection_closed(self.backend)
+            if owner is not None:
+                owner.backend_lost(self)
+        except Exception as error:  # a bug: this exchange ends, the worker goes on
+            if owner is not None:
+                owner.crashed("backend connection_lost", error)
+            else:
+                log.error("backend_connection_failed", error=repr(error), exc_info=error)
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.owner is not None:
-            self.owner.gate.pause(WRITE)
+        try:
+            self.write_paused = True
+            if self.owner is not None:
+                self.owner.gate.pause(WRITE)
+        except Exception as error:  # a bug: this exchange ends, the worker goes on
+            self._crash("backend pause_writing", error)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.owner is not None:
-            self.owner.gate.resume(WRITE)
+        try:
+            self.write_paused = False
+            if self.owner is not None:
+                self.owner.gate.resume(WRITE)
 
-    # --- parser callbacks ------------------------------------------------------------------
+        # --- parser callbacks ------------------------------------------------------------------
+        except Exception as error:  # a bug: this exchange ends, the worker goes on
+            self._crash("backend resume_writing", error)
 
     def on_message_begin(self) -> None:
         if self.owner is None:  # a response after the answer was delivered: never reused
@@ -291,6 +321,7 @@ class BackendConnection(asyncio.Protocol):
         self.reason = b""
         self._in_body = False
         self._head_bytes = 0
+        self._tail_bytes = 0
         self.framing = Framing.NONE
         self.drop = None
 
@@ -322,6 +353,7 @@ class BackendConnection(asyncio.Protocol):
             if size > self._buffer_size:
                 raise _TooLarge
         self._head_bytes = 0
+        self._tail_bytes = 0
         self.status = self.parser.get_status_code()
         if self.owner is not None:
             self.owner.response_head(self)
@@ -329,17 +361,31 @@ class BackendConnection(asyncio.Protocol):
             raise _StopParsing
 
     def on_body(self, body: bytes) -> None:
+        self._tail_bytes = 0
         if self.owner is not None:
             self.owner.response_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._tail_bytes = 0
         if self.status >= 200:
             self._mode = _HEAD
         if self.owner is not None:
             self.owner.response_complete(self)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _crash(self, where: str, error: BaseException) -> None:
+        """An exception nothing expected: this connection is aborted and its client session
+        ends (logged there, or here when no session owns it)."""
+        owner = self.owner
+        self.abort()
+        if owner is not None:
+            owner.crashed(where, error)
+        else:
+            log.error(
+                "backend_connection_failed", callback=where, error=repr(error), exc_info=error
+            )
 
     def keep_alive(self) -> bool:
         if self.fast_head is not None:

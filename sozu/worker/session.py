@@ -11,7 +11,9 @@ streamed back as it is parsed, and the backend connection returns to the idle po
 sides allow keep-alive. Pipelined requests are parsed ahead but answered in order: the client's
 reading pauses while an answer is in progress. Back-pressure pauses reading on one side while
 the other side's write buffer is over `buffer_size` (`sozu.worker.flow_control`). After a
-`101 Switching Protocols` both connections become a byte pipe.
+`101 Switching Protocols` both connections become a byte pipe, closed once no byte moved either
+way for `front_timeout` (or `back_timeout` when shorter), as Sōzu resets both timeouts on any
+pipe activity.
 
 Errors end only the exchange they hit: the backend closing before its answer -> 502 (a reused
 idle connection is first retried once on a fresh connection when the request can be replayed),
@@ -20,6 +22,12 @@ closed. Invalid HTTP (llhttp strict: CL with TE, differing Content-Length, obs-f
 size, bare LF, NUL, invalid method or target) -> 400 and close, the request never reaching a
 backend; a request head larger than `buffer_size` -> 413; a request not complete within
 `request_timeout` -> 408; an idle keep-alive connection closes silently after `front_timeout`.
+Trailers of a chunked answer beyond `buffer_size` cut that answer (both connections close).
+
+An exception nothing expects in a protocol callback (data, end of stream, loss, write pauses,
+timers, the backend connect task) is a bug: `_crash` logs it once and aborts this client
+connection and its backend connections; the worker goes on. Each callback body sits in one
+`try` (free in CPython 3.11 while nothing is raised), so the hot path pays nothing for it.
 
 Hot path (DESIGN.md §5): a connection remembers the route of its last forwarded request and
 reuses it while target, Host and method repeat and neither the routers (`Router.generation`)
@@ -38,6 +46,7 @@ stop) and the buffer size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import deque
@@ -365,6 +374,7 @@ class HttpSession(Session):
         "_cert_names",
         "_closing",
         "_cookie",
+        "_crashed",
         "_current",
         "_deadline",
         "_drop",
@@ -382,6 +392,7 @@ class HttpSession(Session):
         "_parsing",
         "_peer_ip",
         "_peer_port",
+        "_pipe_timeout",
         "_plain",
         "_queue",
         "_refusal",
@@ -407,6 +418,8 @@ class HttpSession(Session):
         self._timer_at = _NEVER
         self._deadline = 0.0
         self._closing = False
+        self._crashed = False
+        self._pipe_timeout = 0.0  # idle limit of an upgraded (101) connection, both ways
         self._in_request = False
         self._headers_done = False
         self._head_bytes = 0
@@ -458,69 +471,84 @@ class HttpSession(Session):
         self._arm(self.listener.request_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._refusal is not None:
-            return
-        current = self._current
-        if current is not None and current.status == 101:
-            conn = current.conn
-            if conn is not None:
-                conn.write(data)
-            return
-        self._head_bytes += len(data)  # head and trailer bytes; `on_body` resets it
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._request_upgraded(data, upgrade)
-        except httptools.HttpParserCallbackError as error:
-            # a bug in a callback, not the client's fault: logged, connection closed
-            log.error("http_session_failed", error=repr(error.__context__))
-            self._close()
-            return
-        except httptools.HttpParserError as error:
-            if not self._closing:
-                self.hub.counters.incr(metrics.PARSE_ERRORS)
-                message = str(error.__cause__ or error) or type(error).__name__
-                self._refuse(bad_request(self.listener, new_request_id(), message, self._phase()))
-            return
-        finally:
-            if self._deadline == _ARM_REQUEST:  # a request began: its timeout runs from now
-                self._arm(self.listener.request_timeout)
-        if self._to_back:
-            self.flush_back()
-        if not self._closing and self._head_bytes > self.hub.buffer_size and self._in_request:
-            self._too_large()  # a head, or a chunked request's trailers, beyond buffer_size
+            if self._closing or self._refusal is not None:
+                return
+            current = self._current
+            if current is not None and current.status == 101:
+                conn = current.conn
+                if conn is not None:
+                    conn.write(data)
+                    self._arm(self._pipe_timeout)
+                return
+            self._head_bytes += len(data)  # head and trailer bytes; `on_body` resets it
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                self._request_upgraded(data, upgrade)
+            except httptools.HttpParserCallbackError as error:
+                # a bug in a callback, not the client's fault: logged, connection closed
+                self._crash("parser callback", error.__context__ or error)
+                return
+            except httptools.HttpParserError as error:
+                if not self._closing:
+                    self.hub.counters.incr(metrics.PARSE_ERRORS)
+                    message = str(error.__cause__ or error) or type(error).__name__
+                    self._refuse(
+                        bad_request(self.listener, new_request_id(), message, self._phase())
+                    )
+                return
+            finally:
+                if self._deadline == _ARM_REQUEST:  # a request began: its timeout runs from now
+                    self._arm(self.listener.request_timeout)
+            if self._to_back:
+                self.flush_back()
+            if not self._closing and self._head_bytes > self.hub.buffer_size and self._in_request:
+                self._too_large()  # a head, or a chunked request's trailers, beyond buffer_size
+        except Exception as error:  # a bug: this connection ends, the worker goes on
+            self._crash("data_received", error)
 
     def eof_received(self) -> bool | None:
-        current = self._current
-        if current is not None and not self._closing:
-            if current.status == 101 and current.conn is not None:
-                if current.conn.transport is not None and current.conn.transport.can_write_eof():
-                    current.conn.transport.write_eof()
-                return True  # half-close: the backend may still answer
-            if current.request_done and not self._in_request:
-                current.close_client = True
-                return True  # let the pending answer be written, then close
-        return None
+        try:
+            current = self._current
+            if current is not None and not self._closing:
+                if current.status == 101 and current.conn is not None:
+                    if (
+                        current.conn.transport is not None
+                        and current.conn.transport.can_write_eof()
+                    ):
+                        current.conn.transport.write_eof()
+                    return True  # half-close: the backend may still answer
+                if current.request_done and not self._in_request:
+                    current.close_client = True
+                    return True  # let the pending answer be written, then close
+            return None
+        except Exception as error:
+            self._crash("eof_received", error)
+            return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        self._disarm()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = _NEVER
-        for exchange in (self._current, *self._queue):
-            if exchange is not None:
-                self._drop_backend(exchange, abort=True)
-        self._current = None
-        self._queue.clear()
-        held = self._ip_held
-        if held is not None:
-            self._ip_held = None
-            hub = self.hub
-            if hub.per_ip_epoch == self._ip_epoch:
-                for cluster_id in held:
-                    hub.free_ip(cluster_id, self._peer_ip)
+        try:
+            self._closing = True
+            self._disarm()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._timer_at = _NEVER
+            for exchange in (self._current, *self._queue):
+                if exchange is not None:
+                    self._drop_backend(exchange, abort=True)
+            self._current = None
+            self._queue.clear()
+            held = self._ip_held
+            if held is not None:
+                self._ip_held = None
+                hub = self.hub
+                if hub.per_ip_epoch == self._ip_epoch:
+                    for cluster_id in held:
+                        hub.free_ip(cluster_id, self._peer_ip)
+        except Exception as error:
+            self._crash("connection_lost", error)
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -529,18 +557,24 @@ class HttpSession(Session):
         self._close()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        current = self._current
-        if current is not None and current.conn is not None:
-            current.conn.gate.pause(WRITE)
+        try:
+            self._write_paused = True
+            current = self._current
+            if current is not None and current.conn is not None:
+                current.conn.gate.pause(WRITE)
+        except Exception as error:
+            self._crash("pause_writing", error)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        current = self._current
-        if current is not None and current.conn is not None:
-            current.conn.gate.resume(WRITE)
-            if current.response_started:  # a slow client made progress: not a stalled backend
-                self._arm(self.listener.back_timeout)
+        try:
+            self._write_paused = False
+            current = self._current
+            if current is not None and current.conn is not None:
+                current.conn.gate.resume(WRITE)
+                if current.response_started:  # a slow client made progress: not a stalled backend
+                    self._arm(self.listener.back_timeout)
+        except Exception as error:
+            self._crash("resume_writing", error)
 
     # --- request parser callbacks (httptools) ------------------------------------------
 
@@ -827,7 +861,43 @@ class HttpSession(Session):
         if conn is not None:
             self._attach(exchange, conn)
             return
-        exchange.connecting = self._loop.create_task(self._connect(exchange, backend))
+        self._start_connect(exchange, backend)
+
+    def _start_connect(self, exchange: Exchange, backend: Backend) -> None:
+        task = self._loop.create_task(self._connect(exchange, backend))
+        exchange.connecting = task
+        task.add_done_callback(lambda done: self._connect_done(exchange, backend, done))
+
+    def _connect_done(self, exchange: Exchange, backend: Backend, task: asyncio.Task[None]) -> None:
+        """An exception `_connect` did not expect (not a refused or timed out connection): it
+        is logged here (never "Task exception was never retrieved") and the exchange gets a
+        503 (no backend connection) or its client connection closes (an answer started)."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        try:
+            if exchange.connecting is task:
+                exchange.connecting = None
+            log.error(
+                "backend_connect_failed",
+                cluster_id=exchange.cluster_id,
+                backend_id=backend.backend_id,
+                address=backend.address,
+                error=repr(error),
+                exc_info=error,
+            )
+            if exchange is not self._current or self._closing:
+                return
+            if exchange.response_started:
+                self._close()
+                return
+            self._drop_backend(exchange, abort=True)
+            message = f"Connecting to backend {backend.backend_id} failed unexpectedly."
+            self._local_error(exchange, 503, message)
+        except Exception as failure:
+            self._crash("connect", failure)
 
     async def _connect(self, exchange: Exchange, backend: Backend) -> None:
         hub = self.hub
@@ -1058,12 +1128,15 @@ class HttpSession(Session):
         if rest:
             self._to_front.append(rest)
         self.flush_front()
-        self._arm(0)
+        timeouts = [t for t in (self.listener.front_timeout, self.listener.back_timeout) if t > 0]
+        self._pipe_timeout = min(timeouts, default=0.0)
+        self._arm(self._pipe_timeout)
         self.gate.resume(PIPELINE | PENDING)
 
     def pipe_from_backend(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+            self._arm(self._pipe_timeout)
 
     def _request_upgraded(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
         """The parser stopped after a request asking to switch protocols: what follows it is
@@ -1082,13 +1155,22 @@ class HttpSession(Session):
             self.flush_back()
 
     def response_too_large(self, conn: BackendConnection) -> None:
-        """The backend's response head does not fit in `buffer_size`: 507."""
+        """The backend's response head does not fit in `buffer_size`: 507; or, once the
+        answer started, its trailers (or chunk extensions) outgrow it: the answer is cut, both
+        connections close (the backend's is never pooled)."""
         exchange = self._current
         conn.abort()
         if exchange is None or exchange.conn is not conn:
             return
         self._drop_backend(exchange, abort=True)
         if exchange.response_started:
+            log.warning(
+                "response_trailers_too_large",
+                request_id=exchange.request_id,
+                cluster_id=exchange.cluster_id,
+                capacity=self.hub.buffer_size,
+            )
+            self.flush_front()
             self._close()
             return
         capacity = str(self.hub.buffer_size)
@@ -1125,7 +1207,7 @@ class HttpSession(Session):
             exchange.pending = list(exchange.replay)
             exchange.pending_size = sum(len(p) for p in exchange.pending)
             backend = conn.backend
-            exchange.connecting = self._loop.create_task(self._connect(exchange, backend))
+            self._start_connect(exchange, backend)
             return
         self._local_error(exchange, 502, "The backend closed the connection before answering.")
 
@@ -1260,6 +1342,37 @@ class HttpSession(Session):
             self.transport.write(answer.data)
         self._close()
 
+    def crashed(self, where: str, error: BaseException) -> None:
+        """A callback of this session's backend connection raised (`BackendConnection`)."""
+        self._crash(where, error)
+
+    def _crash(self, where: str, error: BaseException) -> None:
+        """An exception nothing expected in a protocol callback (a bug): logged once, then this
+        client connection and its backend connections are aborted; the worker goes on. Only
+        plain attribute work here, so it cannot fail the way the callback did."""
+        if not self._crashed:
+            self._crashed = True
+            log.error("http_session_failed", callback=where, error=repr(error), exc_info=error)
+        self._closing = True
+        self._deadline = 0.0
+        exchanges = (self._current, *self._queue)
+        self._current = None
+        self._parsing = None
+        self._queue.clear()
+        for exchange in exchanges:
+            if exchange is None:
+                continue
+            task, exchange.connecting = exchange.connecting, None
+            if task is not None:
+                task.cancel()
+            conn, exchange.conn = exchange.conn, None
+            if conn is not None:
+                conn.abort()
+                with contextlib.suppress(Exception):  # counts are best effort after a bug
+                    self.hub.backends.request_finished(conn.backend)
+        if self.transport is not None:
+            self.transport.abort()
+
     def _close(self) -> None:
         self._closing = True
         self._disarm()
@@ -1314,35 +1427,41 @@ class HttpSession(Session):
         self._deadline = 0.0
 
     def _timed_out(self) -> None:
-        self._timer = None
-        self._timer_at = _NEVER
-        if self._closing or self.transport is None or not self._deadline:
-            return
-        loop = self._loop
-        if loop.time() < self._deadline:
-            self._timer = loop.call_at(self._deadline, self._timed_out)
-            self._timer_at = self._deadline
-            return
-        self._deadline = 0.0
-        current = self._current
-        if (
-            current is not None
-            and current.request_done
-            and not current.response_started
-            and current.answer is None
-        ):
-            self._drop_backend(current, abort=True)
-            self._local_error(current, 504, "")
-            return
-        if current is not None and current.response_started:
-            self._close()  # the backend stalled in the middle of its answer
-            return
-        if self._served and not self._in_request and current is None:
-            self._close()
-            return
-        values = {
-            "REQUEST_ID": new_request_id(),
-            "ROUTE": "",
-            "DURATION": f"{self.listener.request_timeout:g}s",
-        }
-        self._refuse(render(408, self.listener, None, values))
+        """The client side's deadline (request, front or back timeout, or an idle pipe)."""
+        try:
+            self._timer = None
+            self._timer_at = _NEVER
+            if self._closing or self.transport is None or not self._deadline:
+                return
+            loop = self._loop
+            if loop.time() < self._deadline:
+                self._timer = loop.call_at(self._deadline, self._timed_out)
+                self._timer_at = self._deadline
+                return
+            self._deadline = 0.0
+            current = self._current
+            if (
+                current is not None
+                and current.request_done
+                and not current.response_started
+                and current.answer is None
+            ):
+                self._drop_backend(current, abort=True)
+                self._local_error(current, 504, "")
+                return
+            if current is not None and current.response_started:
+                if current.status == 101:
+                    log.debug("pipe_timeout", request_id=current.request_id)
+                self._close()  # the backend stalled in its answer, or an upgraded pipe idled
+                return
+            if self._served and not self._in_request and current is None:
+                self._close()
+                return
+            values = {
+                "REQUEST_ID": new_request_id(),
+                "ROUTE": "",
+                "DURATION": f"{self.listener.request_timeout:g}s",
+            }
+            self._refuse(render(408, self.listener, None, values))
+        except Exception as error:
+            self._crash("timer", error)
