@@ -180,6 +180,7 @@ def worker(args: argparse.Namespace) -> int:
             args.configuration_state_fd,
             args.command_buffer_size,
             max_size,
+            access_logs_format=args.access_logs_format,
         )
     )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sozu import __version__
 from sozu.cli import request_builder as rb
-from sozu.command.config_model import H2_U32_KNOBS, H2_U64_KNOBS
+from sozu.command.config_model import ACCESS_LOG_FORMATS, H2_U32_KNOBS, H2_U64_KNOBS
 
 _ACTIONS = "SUBCOMMAND"
 
@@ -510,6 +510,11 @@ def _internal_words(tree: _Tree, commands: Any) -> None:
     )
     worker.add_argument("--command-buffer-size", type=rb.u64, default=1_000_000)
     worker.add_argument("--max-command-buffer-size", type=rb.u64)
+    worker.add_argument(
+        "--access-logs-format",
+        choices=ACCESS_LOG_FORMATS,
+        help="sozu-py extension: overrides ServerConfig's format (json has no value there)",
+    )
 
     main = tree.leaf(commands, "main", "run a new main process (internal: main upgrade)", "main")
     main.add_argument("--fd", type=int, required=True, help="channel to the old main process")

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sozu.command.config_model import (
+    ACCESS_LOG_FORMATS,
     DEFAULT_ALPN_PROTOCOLS,
     DEFAULT_CIPHER_LIST,
     DEFAULT_GROUPS_LIST,
@@ -298,7 +299,7 @@ class _Builder:
         for key in _TOP_STR:
             values[key] = top.string(key)
         values["worker_count"] = top.integer("worker_count", U16_MAX)
-        values["access_logs_format"] = top.choice("access_logs_format", ("ascii", "protobuf"))
+        values["access_logs_format"] = top.choice("access_logs_format", ACCESS_LOG_FORMATS)
         uids = top.integers("command_allowed_uids", U32_MAX)
         values["command_allowed_uids"] = tuple(uids) if uids is not None else None
 

@@ -81,6 +81,8 @@ DEFAULT_SIGNATURE_ALGORITHMS = (
     "RSA-PSS+SHA384",
     "RSA-PSS+SHA512",
 )
+ACCESS_LOG_FORMATS = ("ascii", "protobuf", "json")
+"""`access_logs_format` values: Sōzu's two, and `json`, a sozu-py extension (doc/configure.md)."""
 DEFAULT_GROUPS_LIST = ("X25519MLKEM768", "x25519", "P-256", "P-384")
 DEFAULT_ALPN_PROTOCOLS = ("h2", "http/1.1")
 DEFAULT_TLS_VERSIONS = ("TLS_V12", "TLS_V13")
@@ -643,6 +645,16 @@ class Config:
             for n, request in enumerate(self.requests())
         ]
 
+    def worker_arguments(self) -> tuple[str, ...]:
+        """`sozu worker` flags beyond Sōzu's, for what ServerConfig cannot carry.
+
+        `access_logs_format = "json"` has no value in ServerConfig's `access_log_format` (the
+        schema stays Sōzu's), so it reaches workers as `--access-logs-format json`.
+        """
+        if self.access_logs_format == "json":
+            return ("--access-logs-format", "json")
+        return ()
+
     def server_config(self) -> ServerConfig:
         """The ServerConfig sent first to every worker."""
         metrics = None
@@ -669,7 +681,11 @@ class Config:
             command_buffer_size=self.command_buffer_size,
             max_command_buffer_size=self.max_command_buffer_size,
             metrics=metrics,
-            access_log_format=ProtobufAccessLogFormat.Value(self.access_logs_format.capitalize()),
+            access_log_format=(
+                ProtobufAccessLogFormat.Protobuf
+                if self.access_logs_format == "protobuf"
+                else ProtobufAccessLogFormat.Ascii  # json travels beside: worker_arguments()
+            ),
             log_colored=self.log_colored,
             audit_logs_target=self.audit_logs_target,
             audit_logs_json_target=self.audit_logs_json_target,

@@ -192,6 +192,7 @@ class Supervisor:
             max_buffer_size=config.max_command_buffer_size,
             process_affinity=config.handle_process_affinity,
             command=worker_command,
+            extra_arguments=config.worker_arguments(),
         )
         self.sessions: set[ClientSession] = set()
         self.stopping = False
@@ -300,7 +301,8 @@ class Supervisor:
         if signum == signal.SIGHUP:
             self.audit.reopen()
             sozu_logging.reopen()
-            log.info("logs_reopened", signal=name)
+            workers = self.workers.reopen_logs()
+            log.info("logs_reopened", signal=name, workers_signalled=workers)
             return
         hard = signum != signal.SIGTERM
         log.info("stop_signal", signal=name, hard=hard)

@@ -96,6 +96,8 @@ class Worker:
         self.retiring = False  # being replaced by a worker upgrade: its exit is expected
         self.exited = asyncio.Event()
         self.initial_status: asyncio.Future[WorkerResponse] | None = None
+        self.answered = False
+        """True once it sent anything: its signal handlers are installed by then."""
         self._sock = channel_sock
         self._buffer_size = buffer_size
         self._max_buffer_size = max_buffer_size
@@ -192,6 +194,7 @@ class Worker:
     def _dispatch(
         self, response: WorkerResponse, on_event: Callable[[Worker, Event], None]
     ) -> None:
+        self.answered = True
         if response.status == ResponseStatus.OK and self.run_state == RunState.NOT_ANSWERING:
             self.run_state = RunState.RUNNING  # any answer proves it is back
         pending = self._pending.get(response.id)
@@ -253,6 +256,7 @@ class WorkerPool:
         max_buffer_size: int,
         process_affinity: bool = False,
         command: Sequence[str] = WORKER_COMMAND,
+        extra_arguments: Sequence[str] = (),
     ) -> None:
         self._server_config = server_config
         self._initial_state = initial_state
@@ -263,6 +267,7 @@ class WorkerPool:
         self._max_buffer_size = max_buffer_size
         self._affinity = process_affinity
         self._command = tuple(command)
+        self._extra_arguments = tuple(extra_arguments)  # sozu-py flags after Sōzu's
         self.workers: dict[int, Worker] = {}
         self.next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -321,6 +326,7 @@ class WorkerPool:
                     "--configuration-state-fd", str(state_file.fileno()),
                     "--command-buffer-size", str(self._buffer_size),
                     "--max-command-buffer-size", str(self._max_buffer_size),
+                    *self._extra_arguments,
                 ]  # fmt: skip
                 process = subprocess.Popen(
                     argv,
@@ -423,6 +429,24 @@ class WorkerPool:
         worker.close_sockets()
         log.info("worker_lost", worker_id=worker.id, pid=worker.pid, reason=reason)
         self._on_lost(worker)
+
+    # --- signals -------------------------------------------------------------------------
+
+    def reopen_logs(self) -> int:
+        """Forward SIGHUP to every worker that can take it: each reopens its log files.
+
+        Only workers that have answered once get it: while the interpreter of a new worker
+        starts, SIGHUP still has its default action, which would kill it (a worker starting
+        now opens the files at their current paths anyway). Returns how many were signalled.
+        """
+        signalled = 0
+        for worker in self.workers.values():
+            if worker.lost or not worker.answered or worker.process.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGHUP)
+                signalled += 1
+        return signalled
 
     # --- stopping ------------------------------------------------------------------------
 

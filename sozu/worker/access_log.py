@@ -16,8 +16,11 @@ Formats:
   in the user agent become `_`, brackets become braces; TCP endpoints are `-`.
 - `protobuf` (Sōzu's binary records): each `ProtobufAccessLog` length-delimited (varint
   prefix) and followed by two zero bytes.
-- `json`: one object per line with every field (null when unknown); chosen with the
-  constructor (`fmt="json"`), the configuration has no value for it yet.
+- `json` (a sozu-py extension, `access_logs_format = "json"`): one object per line with
+  every field (null when unknown). ServerConfig cannot say json, so the supervisor starts
+  its workers with `--access-logs-format json`, which reaches `from_server_config(fmt=...)`.
+
+Each format is one builder, `(now_ns, AccessRecord) -> bytes`, picked once at construction.
 
 Writes never wait: records are collected and written with one `os.write` at the end of the
 current event loop iteration (`call_soon`), or at once when no loop runs. Targets: `stdout`,
@@ -33,6 +36,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 
 from sozu.command.logging import get_logger
 from sozu.command.proto import ProtobufAccessLog, ProtobufAccessLogFormat, ServerConfig
@@ -94,6 +98,35 @@ def _open_target(target: str) -> tuple[int, bool]:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640), True
 
 
+_U64 = (1 << 64) - 1
+_NO_ENDPOINT: tuple[None, None, None, None] = (None, None, None, None)
+
+Endpoint = tuple[str | None, str | None, str | None, int | None]
+"""method, host, path, status of an HTTP exchange."""
+
+
+AccessRecord = tuple[
+    str,  # session id
+    str | None,  # request id (None for TCP)
+    str | None,  # cluster id
+    str | None,  # backend id
+    str | None,  # client address
+    str | None,  # backend address
+    int | float,  # request time (µs)
+    int | float | None,  # service time (µs)
+    int | float | None,  # response time (µs)
+    int,  # bytes in
+    int,  # bytes out
+    str | None,  # tags
+    str | None,  # user agent
+    str,  # protocol
+    Endpoint | None,  # None for TCP
+    str | None,  # message
+    str | None,  # tag (None: the log's own)
+]
+"""What one record says, whatever the format: a plain tuple, the cheapest thing to build."""
+
+
 class AccessLog:
     """Formats access records and writes them in batches (module docstring)."""
 
@@ -111,6 +144,8 @@ class AccessLog:
         self._failed = False
         self._second = -1
         self._second_text = ""
+        builders = {"ascii": self._ascii, "json": self._json, "protobuf": self._protobuf}
+        self._build: Callable[[int, AccessRecord], bytes] = builders[fmt]
 
     def _when(self, now_ns: int) -> str:
         """RFC 3339 UTC time with microseconds; the seconds part is formatted once a second."""
@@ -121,12 +156,19 @@ class AccessLog:
         return f"{self._second_text}.{rest // 1000:06d}Z"
 
     @classmethod
-    def from_server_config(cls, config: ServerConfig, tag: str = "WRK") -> AccessLog | None:
-        """The worker's access log, or None when `access_logs_target` is unset (off)."""
+    def from_server_config(
+        cls, config: ServerConfig, tag: str = "WRK", fmt: str | None = None
+    ) -> AccessLog | None:
+        """The worker's access log, or None when `access_logs_target` is unset (off).
+
+        `fmt` overrides the ServerConfig's format (`sozu worker --access-logs-format`): json
+        has no value in ServerConfig.
+        """
         if not config.HasField("access_logs_target") or not config.access_logs_target:
             return None
-        binary = config.access_log_format == ProtobufAccessLogFormat.Protobuf
-        fmt = "protobuf" if binary else "ascii"
+        if fmt is None:
+            binary = config.access_log_format == ProtobufAccessLogFormat.Protobuf
+            fmt = "protobuf" if binary else "ascii"
         try:
             return cls(config.access_logs_target, fmt, tag)
         except OSError as error:
@@ -162,25 +204,12 @@ class AccessLog:
         """One HTTP exchange. `front_us`: first request byte to last answer byte (Sōzu's
         request time); `back_us`: time the proxy spent on it (service time); `response_us`:
         backend connection to end of the answer (response time); all in microseconds."""
-        self._record(
-            session_id or request_id,
-            request_id,
-            cluster_id,
-            backend_id,
-            client_address,
-            backend_address,
-            front_us,
-            back_us,
-            response_us,
-            bytes_in,
-            bytes_out,
-            tags,
-            user_agent,
-            protocol,
-            (method, host, path, status),
-            message,
-            tag,
-        )
+        record: AccessRecord = (
+            session_id or request_id, request_id, cluster_id, backend_id, client_address,
+            backend_address, front_us, back_us, response_us, bytes_in, bytes_out, tags,
+            user_agent, protocol, (method, host, path, status), message, tag,
+        )  # fmt: skip
+        self._push(self._build(time.time_ns(), record))
 
     def tcp(
         self,
@@ -199,110 +228,17 @@ class AccessLog:
         message: str | None = None,
     ) -> None:
         """One TCP session (bytes_in from the client, bytes_out to it)."""
-        self._record(
-            session_id,
-            None,
-            cluster_id,
-            backend_id,
-            client_address,
-            backend_address,
-            front_us,
-            back_us,
-            None,
-            bytes_in,
-            bytes_out,
-            tags,
-            None,
-            "TCP",
-            None,
-            message,
-            tag,
-        )
+        record: AccessRecord = (
+            session_id, None, cluster_id, backend_id, client_address, backend_address,
+            front_us, back_us, None, bytes_in, bytes_out, tags, None, "TCP", None, message, tag,
+        )  # fmt: skip
+        self._push(self._build(time.time_ns(), record))
 
-    def _record(
-        self,
-        session_id: str,
-        request_id: str | None,
-        cluster_id: str | None,
-        backend_id: str | None,
-        client: str | None,
-        backend_address: str | None,
-        request_us: int | float,
-        service_us: int | float | None,
-        response_us: int | float | None,
-        bytes_in: int,
-        bytes_out: int,
-        tags: str | None,
-        user_agent: str | None,
-        protocol: str,
-        endpoint: tuple[str | None, str | None, str | None, int | None] | None,
-        message: str | None,
-        tag: str | None,
-    ) -> None:
-        now_ns = time.time_ns()
-        if self.format == "ascii":
-            data = self._ascii(
-                now_ns, session_id, request_id, cluster_id, backend_id, client,
-                backend_address, request_us, service_us, response_us, bytes_in, bytes_out,
-                tags, user_agent, protocol, endpoint, message, tag,
-            )  # fmt: skip
-        elif self.format == "json":
-            method, host, path, status = endpoint or (None, None, None, None)
-            record = {
-                "time": self._when(now_ns),
-                "pid": self.pid,
-                "tag": tag or self.tag,
-                "session_id": session_id,
-                "request_id": request_id,
-                "cluster_id": cluster_id,
-                "backend_id": backend_id,
-                "client_address": client,
-                "backend_address": backend_address,
-                "protocol": protocol,
-                "method": method,
-                "host": host,
-                "path": path,
-                "status": status,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "request_time_us": int(request_us),
-                "service_time_us": None if service_us is None else int(service_us),
-                "response_time_us": None if response_us is None else int(response_us),
-                "user_agent": user_agent,
-                "tags": tags,
-                "message": message,
-            }
-            data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        else:
-            data = self._protobuf(
-                now_ns, session_id, request_id, cluster_id, backend_id, request_us,
-                service_us, response_us, bytes_in, bytes_out, user_agent, protocol,
-                endpoint, message, tag,
-            )  # fmt: skip
-        self._push(data)
-
-    def _ascii(
-        self,
-        now_ns: int,
-        session_id: str,
-        request_id: str | None,
-        cluster_id: str | None,
-        backend_id: str | None,
-        client: str | None,
-        backend_address: str | None,
-        request_us: int | float,
-        service_us: int | float | None,
-        response_us: int | float | None,
-        bytes_in: int,
-        bytes_out: int,
-        tags: str | None,
-        user_agent: str | None,
-        protocol: str,
-        endpoint: tuple[str | None, str | None, str | None, int | None] | None,
-        message: str | None,
-        tag: str | None,
-    ) -> bytes:
-        when = self._when(now_ns)
+    def _ascii(self, now_ns: int, record: AccessRecord) -> bytes:
+        """Sōzu's text line (module docstring)."""
+        (session_id, request_id, cluster_id, backend_id, client, backend_address, request_us,
+         service_us, response_us, bytes_in, bytes_out, tags, user_agent, protocol, endpoint,
+         message, tag) = record  # fmt: skip
         if user_agent is not None:
             ua = "user-agent=" + _user_agent(user_agent)
             full_tags = f"{tags}, {ua}" if tags else ua
@@ -317,7 +253,7 @@ class AccessLog:
                 f"{status if status is not None else '-'}"
             )
         line = (
-            f"{when} {now_ns} {self.pid} INFO-ACCESS  {tag or self.tag}\t"
+            f"{self._when(now_ns)} {now_ns} {self.pid} INFO-ACCESS  {tag or self.tag}\t"
             f"[{session_id} {request_id or '-'} {cluster_id or '-'} {backend_id or '-'}] "
             f"{client or '-'} {backend_address or '-'} "
             f"{duration_text(request_us)}/{duration_text(service_us)}/"
@@ -326,41 +262,60 @@ class AccessLog:
         )
         return line.encode("utf-8", "replace")
 
-    def _protobuf(
-        self,
-        now_ns: int,
-        session_id: str,
-        request_id: str | None,
-        cluster_id: str | None,
-        backend_id: str | None,
-        request_us: int | float,
-        service_us: int | float | None,
-        response_us: int | float | None,
-        bytes_in: int,
-        bytes_out: int,
-        user_agent: str | None,
-        protocol: str,
-        endpoint: tuple[str | None, str | None, str | None, int | None] | None,
-        message: str | None,
-        tag: str | None,
-    ) -> bytes:
-        record = ProtobufAccessLog(protocol=protocol, tag=tag or self.tag)
+    def _json(self, now_ns: int, record: AccessRecord) -> bytes:
+        """One JSON object per line, every field present (null when unknown)."""
+        (session_id, request_id, cluster_id, backend_id, client, backend_address, request_us,
+         service_us, response_us, bytes_in, bytes_out, tags, user_agent, protocol, endpoint,
+         message, tag) = record  # fmt: skip
+        method, host, path, status = endpoint or _NO_ENDPOINT
+        fields = {
+            "time": self._when(now_ns),
+            "pid": self.pid,
+            "tag": tag or self.tag,
+            "session_id": session_id,
+            "request_id": request_id,
+            "cluster_id": cluster_id,
+            "backend_id": backend_id,
+            "client_address": client,
+            "backend_address": backend_address,
+            "protocol": protocol,
+            "method": method,
+            "host": host,
+            "path": path,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "request_time_us": int(request_us),
+            "service_time_us": None if service_us is None else int(service_us),
+            "response_time_us": None if response_us is None else int(response_us),
+            "user_agent": user_agent,
+            "tags": tags,
+            "message": message,
+        }
+        return (json.dumps(fields, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+
+    def _protobuf(self, now_ns: int, record: AccessRecord) -> bytes:
+        """Sōzu's binary record: length-delimited `ProtobufAccessLog`, then two zero bytes."""
+        (session_id, request_id, cluster_id, backend_id, _client, _backend_address, request_us,
+         service_us, response_us, bytes_in, bytes_out, _tags, user_agent, protocol, endpoint,
+         message, tag) = record  # fmt: skip
+        entry = ProtobufAccessLog(protocol=protocol, tag=tag or self.tag)
         rid = _crockford_to_int(request_id or session_id)
-        record.request_id.low, record.request_id.high = rid & (2**64 - 1), rid >> 64
+        entry.request_id.low, entry.request_id.high = rid & _U64, rid >> 64
         sid = _crockford_to_int(session_id)
-        record.session_id.low, record.session_id.high = sid & (2**64 - 1), sid >> 64
-        record.time.low, record.time.high = now_ns & (2**64 - 1), now_ns >> 64
+        entry.session_id.low, entry.session_id.high = sid & _U64, sid >> 64
+        entry.time.low, entry.time.high = now_ns & _U64, now_ns >> 64
         if message:
-            record.message = message
+            entry.message = message
         if cluster_id:
-            record.cluster_id = cluster_id
+            entry.cluster_id = cluster_id
         if backend_id:
-            record.backend_id = backend_id
+            entry.backend_id = backend_id
         if endpoint is None:
-            record.endpoint.tcp.SetInParent()
+            entry.endpoint.tcp.SetInParent()
         else:
             method, host, path, status = endpoint
-            http = record.endpoint.http
+            http = entry.endpoint.http
             if method is not None:
                 http.method = method
             if host is not None:
@@ -369,15 +324,15 @@ class AccessLog:
                 http.path = path
             if status is not None:
                 http.status = status
-        record.service_time = int((service_us or 0) * 1000)
-        record.request_time = int(request_us * 1000)
+        entry.service_time = int((service_us or 0) * 1000)
+        entry.request_time = int(request_us * 1000)
         if response_us is not None:
-            record.response_time = int(response_us * 1000)
-        record.bytes_in = bytes_in
-        record.bytes_out = bytes_out
+            entry.response_time = int(response_us * 1000)
+        entry.bytes_in = bytes_in
+        entry.bytes_out = bytes_out
         if user_agent is not None:
-            record.user_agent = user_agent
-        payload = record.SerializeToString()
+            entry.user_agent = user_agent
+        payload = entry.SerializeToString()
         return _varint(len(payload)) + payload + b"\0\0"
 
     # --- writing -------------------------------------------------------------------------

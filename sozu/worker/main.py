@@ -15,6 +15,11 @@ One `FrameDecoder` reads the channel from the first byte to the last: the handsh
 with blocking calls into it, and whatever arrived behind the `ServerConfig` (the next
 WorkerRequests) is still in it when the event loop takes the socket over.
 
+`--access-logs-format` (a sozu-py extension) overrides the ServerConfig's access log format,
+which cannot say `json`. SIGHUP (forwarded by the supervisor when it gets one, for logrotate)
+reopens the access log file and the log file; it is ignored outside the event loop, so a late
+one never kills a worker that is exiting.
+
 Exit codes: 0 after SoftStop / HardStop, 1 when the handshake fails or the supervisor went
 away.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -32,6 +38,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from sozu.command import logging as sozu_logging
 from sozu.command.channel import decode_payload
 from sozu.command.errors import ExitCode
 from sozu.command.framing import FrameDecoder, FrameError, FrameErrorKind
@@ -54,8 +61,11 @@ def run(
     state_fd: int,
     command_buffer_size: int,
     max_command_buffer_size: int,
+    *,
+    access_logs_format: str | None = None,
 ) -> int:
     """Run one worker process to its end; returns the process exit code."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it (reopen_logs)
     try:
         channel = socket.socket(fileno=channel_fd)
         scm = socket.socket(fileno=scm_fd)
@@ -88,10 +98,37 @@ def run(
         tcp=sorted(received.tcp),
         udp=sorted(received.udp),
     )
-    server = WorkerServer(worker_id, config, channel, decoder, scm, received, max_size)
-    code = run_loop(lambda: server.serve(initial))
+    server = WorkerServer(
+        worker_id,
+        config,
+        channel,
+        decoder,
+        scm,
+        received,
+        max_size,
+        access_logs_format=access_logs_format,
+    )
+
+    async def serve() -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reopen_logs, server)
+        try:
+            return await server.serve(initial)
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    code = run_loop(serve)
     log.info("worker_exiting", worker_id=worker_id, code=code)
     return code
+
+
+def reopen_logs(server: WorkerServer) -> None:
+    """SIGHUP: reopen the access log and the log file at their paths (after logrotate)."""
+    if server.access_log is not None:
+        server.access_log.reopen()
+    sozu_logging.reopen()
+    log.info("logs_reopened", access_log=server.access_log is not None)
 
 
 def read_server_config(sock: socket.socket, decoder: FrameDecoder, timeout: float) -> ServerConfig:

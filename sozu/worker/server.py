@@ -174,6 +174,7 @@ class WorkerServer:
         scm: socket.socket,
         received: Listeners,
         max_buffer_size: int,
+        access_logs_format: str | None = None,
     ) -> None:
         self.id = worker_id
         self.config = config
@@ -188,7 +189,9 @@ class WorkerServer:
             int(config.buffer_size),
             self.backends,
         )
-        self.access_log = AccessLog.from_server_config(config, tag=f"WRK-{worker_id:02d}")
+        self.access_log = AccessLog.from_server_config(
+            config, tag=f"WRK-{worker_id:02d}", fmt=access_logs_format
+        )
         self.hub.access_log = self.access_log
         self.pool = ListenerPool(scm, received)
         self.edge = Edge(self.state, self.hub, self.backends, self.access_log, new_request_id)

@@ -20,10 +20,16 @@ with: OpenSSL holds a reference to it, so replacing or removing a certificate on
 new handshakes and never closes a connection.
 
 Per-listener settings: `versions` (TlsVersion values -> minimum/maximum protocol version),
-`cipher_list` (TLS 1.2 ciphers; IANA names as in Sōzu's configuration are mapped to OpenSSL's,
-TLS 1.3 suites keep OpenSSL's defaults since the stdlib cannot set them), ALPN `http/1.1` only
-(h2 comes later). Private keys are loaded from an anonymous in-memory file (`memfd_create`)
-or, where that is missing, from a 0600 temporary file deleted right after loading.
+`cipher_list` (TLS 1.2 ciphers; IANA names as in Sōzu's configuration are mapped to OpenSSL's),
+`groups_list` (applied when it names one group: `set_ecdh_curve`, which OpenSSL 3 turns into a
+one-group list for TLS 1.2 and 1.3 alike), ALPN `http/1.1` only (h2 comes later). Python's ssl
+module cannot choose TLS 1.3 suites (`cipher_suites`, or the TLS13_ names of `cipher_list` that
+Sōzu reads them from) nor set several groups: OpenSSL's defaults are used then, and
+`apply_settings` reports each such gap as a `SettingNote`, logged once per listener
+(`tls_setting_not_applied`). Sōzu's default lists never give a note: doc/tls.md compares them.
+
+Private keys are loaded from an anonymous in-memory file (`memfd_create`) or, where that is
+missing, from a 0600 temporary file deleted right after loading.
 
 This module knows the state's certificate records and `ssl`; it knows nothing of sessions.
 """
@@ -40,6 +46,7 @@ from datetime import UTC, datetime
 
 from sozu.command import certificate as certs
 from sozu.command.addresses import to_proto
+from sozu.command.config_model import DEFAULT_CIPHER_LIST, DEFAULT_GROUPS_LIST
 from sozu.command.errors import AddressError
 from sozu.command.logging import get_logger
 from sozu.command.proto import (
@@ -73,6 +80,26 @@ _OPENSSL_CIPHERS = {
     "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
 }
 
+# Group names as Sōzu's configuration spells them (rustls) -> OpenSSL's short names.
+_OPENSSL_GROUPS = {
+    "x25519": "X25519",
+    "x448": "X448",
+    "P-256": "prime256v1",
+    "secp256r1": "prime256v1",
+    "P-384": "secp384r1",
+    "P-521": "secp521r1",
+}
+_TLS13_SUITES = frozenset(
+    {
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS_AES_128_CCM_SHA256",
+        "TLS_AES_128_CCM_8_SHA256",
+    }
+)
+OPENSSL_DEFAULTS = "OpenSSL's defaults"
+
 
 class TlsError(ValueError):
     """A certificate, key or TLS setting that OpenSSL refuses."""
@@ -91,10 +118,28 @@ def hsts_value(config: HstsConfig | None) -> bytes | None:
     return value.encode("ascii")
 
 
+def _is_tls13(name: str) -> bool:
+    return name.startswith("TLS13_") or name in _TLS13_SUITES
+
+
 def openssl_cipher_string(names: Iterable[str]) -> str | None:
     """TLS 1.2 cipher names (IANA or OpenSSL spelling) -> an OpenSSL cipher string."""
-    kept = [_OPENSSL_CIPHERS.get(name, name) for name in names if not name.startswith("TLS13_")]
+    kept = [_OPENSSL_CIPHERS.get(name, name) for name in names if not _is_tls13(name)]
     return ":".join(kept) if kept else None
+
+
+def tls13_suites(names: Iterable[str]) -> tuple[str, ...]:
+    """The TLS 1.3 suites among `names`, in OpenSSL's spelling (TLS13_X -> TLS_X)."""
+    return tuple(
+        "TLS_" + name.removeprefix("TLS13_") if name.startswith("TLS13_") else name
+        for name in names
+        if _is_tls13(name)
+    )
+
+
+def openssl_group(name: str) -> str:
+    """A key exchange group name from the configuration, in OpenSSL's spelling."""
+    return _OPENSSL_GROUPS.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -103,16 +148,39 @@ class TlsSettings:
 
     versions: tuple[int, ...] = (TlsVersion.TLS_V1_2, TlsVersion.TLS_V1_3)
     ciphers: str | None = None
+    cipher_list: tuple[str, ...] = ()
+    cipher_suites: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, listener: HttpsListenerConfig | None) -> TlsSettings:
         if listener is None:
             return cls()
         versions = tuple(v for v in listener.versions if v in _VERSIONS) or cls.versions
-        return cls(versions, openssl_cipher_string(listener.cipher_list))
+        return cls(
+            versions,
+            openssl_cipher_string(listener.cipher_list),
+            tuple(listener.cipher_list),
+            tuple(listener.cipher_suites),
+            tuple(listener.groups_list),
+        )
 
 
-def _apply_settings(context: ssl.SSLContext, settings: TlsSettings) -> None:
+@dataclass(frozen=True)
+class SettingNote:
+    """A configured TLS setting the context does not carry exactly, and what it uses instead."""
+
+    key: str
+    configured: str
+    used: str
+    reason: str
+
+
+def apply_settings(context: ssl.SSLContext, settings: TlsSettings) -> list[SettingNote]:
+    """Apply what Python's ssl module can; a note for each setting it cannot apply exactly.
+
+    Raises TlsError (context untouched) when OpenSSL refuses the TLS 1.2 cipher list.
+    """
     if settings.ciphers:  # first: a refused list leaves the context untouched
         try:
             context.set_ciphers(settings.ciphers)
@@ -122,12 +190,59 @@ def _apply_settings(context: ssl.SSLContext, settings: TlsSettings) -> None:
     context.minimum_version = known[0]
     context.maximum_version = known[-1]
     context.set_alpn_protocols(ALPN_PROTOCOLS)
+    notes = [_apply_groups(context, settings.groups), _check_tls12(context, settings)]
+    if known[-1] >= ssl.TLSVersion.TLSv1_3:
+        notes.append(_check_tls13(context, "cipher_list", settings.cipher_list))
+        notes.append(_check_tls13(context, "cipher_suites", settings.cipher_suites))
+    return [note for note in notes if note is not None]
+
+
+def _apply_groups(context: ssl.SSLContext, groups: tuple[str, ...]) -> SettingNote | None:
+    if not groups or groups == DEFAULT_GROUPS_LIST:
+        return None  # Sōzu's default too uses its TLS library's groups (doc/tls.md)
+    used = f"{OPENSSL_DEFAULTS} ({ssl.OPENSSL_VERSION})"
+    if len(groups) > 1:
+        reason = "Python's ssl module sets one group only (set_ecdh_curve)"
+        return SettingNote("groups_list", ",".join(groups), used, reason)
+    try:
+        context.set_ecdh_curve(openssl_group(groups[0]))
+    except ValueError:
+        reason = f"group {groups[0]!r} is unknown to this OpenSSL"
+        return SettingNote("groups_list", groups[0], used, reason)
+    return None
+
+
+def _check_tls12(context: ssl.SSLContext, settings: TlsSettings) -> SettingNote | None:
+    """Names OpenSSL silently dropped from the cipher list (unknown, or not TLS 1.2 ones)."""
+    if not settings.ciphers:
+        return None
+    available = {c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"}
+    missing = [
+        name
+        for name in settings.ciphers.split(":")
+        if "-" in name and not any(mark in name for mark in "+!@") and name not in available
+    ]
+    if not missing:
+        return None
+    reason = "unknown to this OpenSSL or not TLS 1.2 ciphers: left out"
+    return SettingNote("cipher_list", ":".join(missing), ":".join(sorted(available)), reason)
+
+
+def _check_tls13(context: ssl.SSLContext, key: str, names: tuple[str, ...]) -> SettingNote | None:
+    wanted = tls13_suites(names)
+    if not wanted or names == DEFAULT_CIPHER_LIST:
+        return None
+    used = tuple(c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.3")
+    if wanted == used:
+        return None
+    reason = "Python's ssl module cannot choose TLS 1.3 suites"
+    return SettingNote(key, ":".join(wanted), ":".join(used), reason)
 
 
 def _server_context(settings: TlsSettings) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    _apply_settings(context, settings)
+    apply_settings(context, settings)
     return context
 
 
@@ -236,10 +351,19 @@ class ListenerTls:
         rebuild_all = settings != self.settings
         if rebuild_all:
             try:
-                _apply_settings(self.context, settings)
+                notes = apply_settings(self.context, settings)
             except TlsError as error:
                 return [f"HTTPS listener {self.address}: {error}"]
             self.settings = settings
+            for note in notes:  # once: settings change only with a new listener
+                log.warning(
+                    "tls_setting_not_applied",
+                    listener=self.address,
+                    key=note.key,
+                    configured=note.configured,
+                    used=note.used,
+                    reason=note.reason,
+                )
         served: dict[str, _Served] = {}
         order = [fp for fp in self._order if fp in certificates]
         order += [fp for fp in certificates if fp not in order]

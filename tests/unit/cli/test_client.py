@@ -394,8 +394,8 @@ def test_start_and_worker_call_their_entry_points(
         calls.append(("start", path, daemonize))
         return 0
 
-    def run_worker(*numbers: int) -> int:
-        calls.append(("run", *numbers))
+    def run_worker(*numbers: int, access_logs_format: str | None = None) -> int:
+        calls.append(("run", *numbers, access_logs_format))
         return 3
 
     supervisor = types.ModuleType("sozu.supervisor.main")
@@ -408,10 +408,12 @@ def test_start_and_worker_call_their_entry_points(
     words = ["worker", "--id", "2", "--fd", "5", "--scm", "6", "--configuration-state-fd", "7"]
     assert main(words) == 3
     assert main([*words, "--command-buffer-size", "10", "--max-command-buffer-size", "40"]) == 3
+    assert main([*words, "--access-logs-format", "json"]) == 3  # the sozu-py extension
     assert calls == [
         ("start", config, True),
-        ("run", 2, 5, 6, 7, 1_000_000, 2_000_000),
-        ("run", 2, 5, 6, 7, 10, 40),
+        ("run", 2, 5, 6, 7, 1_000_000, 2_000_000, None),
+        ("run", 2, 5, 6, 7, 10, 40, None),
+        ("run", 2, 5, 6, 7, 1_000_000, 2_000_000, "json"),
     ]
 
 

@@ -309,7 +309,7 @@ U64 = "an integer from 0 to 18446744073709551615"
         ("log_level", "3", "3", "a string"),
         ("listeners", "3", "3", "an array of tables"),
         ("metrics", "[]", "(an array)", "a table"),
-        ("access_logs_format", '"json"', '"json"', "one of ascii, protobuf"),
+        ("access_logs_format", '"xml"', '"xml"', "one of ascii, protobuf, json"),
         ("pid_file_path", "1979-05-27", "(a date/time 1979-05-27)", "a string"),
     ],
 )
