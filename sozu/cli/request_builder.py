@@ -1057,10 +1057,12 @@ def _find_cluster(content: ResponseContent, cluster_id: str) -> Cluster | None:
 
 
 def worker_ids(response: Response) -> list[int]:
-    """The ids of the running workers of a ListWorkers answer, in order (the list also keeps
-    stopped workers for a while: they have nothing left to upgrade)."""
+    """The ids of the live workers (running or not answering) of a ListWorkers answer, in
+    order; the list also keeps stopping and stopped workers a while: nothing to upgrade there."""
     if not response.HasField("content") or response.content.WhichOneof("content_type") != "workers":
         raise InvalidInput("unexpected answer to ListWorkers: no worker list")
     return sorted(
-        worker.id for worker in response.content.workers.vec if worker.run_state == RunState.RUNNING
+        worker.id
+        for worker in response.content.workers.vec
+        if worker.run_state in (RunState.RUNNING, RunState.NOT_ANSWERING)
     )

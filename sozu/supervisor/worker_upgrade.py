@@ -83,7 +83,7 @@ def _upgradable(sup: Supervisor, worker_id: int) -> Worker:
     if sup.upgrading:
         raise UpgradeRefused("a main process upgrade is in progress")
     worker = sup.workers.workers.get(worker_id)
-    if worker is None or not worker.alive or worker.run_state != RunState.RUNNING:
+    if worker is None or not worker.alive or worker.run_state == RunState.STOPPING:
         raise UpgradeRefused(f"Worker {worker_id} does not exist, or is stopping / stopped")
     return worker
 

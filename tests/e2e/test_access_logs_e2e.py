@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Sozu, wait_for
-from tests.e2e.test_traffic import Backends, get
+from tests.e2e.conftest import Backends, Sozu, wait_for
+from tests.e2e.test_traffic import get
 
 MakeSozu = Callable[..., Sozu]
 
