@@ -17,10 +17,12 @@ Sōzu's worker does:
   `cluster_hashes`, `QueryCertificatesFromWorkers` -> `certificates_by_address`, or
   `certificates_with_fingerprints` when filtered by fingerprint, `QueryMetrics` ->
   `worker_metrics`, `QueryMaxConnectionsPerIp` -> `max_connections_per_ip_limit`);
-- `SoftStop`: PROCESSING at once, then stop accepting, let busy connections finish (at most
-  `SOFT_STOP_GRACE` seconds, then they are cut), answer OK and exit; `HardStop`: OK, then
-  exit at once. If the channel to the supervisor closes, the worker drains the same way and
-  exits without serving a configuration nobody can change any more.
+- `SoftStop`: PROCESSING at once, then stop accepting, let busy connections finish (their
+  answers say `Connection: close`; at most `SOFT_STOP_GRACE` seconds, then they are cut),
+  give idle keep-alive connections `DRAIN_IDLE_GRACE` seconds (a request already on its way is
+  answered, not reset), answer OK and exit; `HardStop`: OK, then exit at once. If the
+  channel to the supervisor closes, the worker drains the same way and exits without serving
+  a configuration nobody can change any more.
 - verbs the main process answers itself (`SaveState`, `ListWorkers`, `CountRequests`, ...)
   and those not supported yet (`ReturnListenSockets`, `SetMetricDetail`) answer FAILURE and
   the worker keeps running.

@@ -109,6 +109,9 @@ _LastRoute = tuple[
 id, the cluster's view then, (method, authority, path) as text, and the frontend's HSTS
 policy."""
 
+DRAIN_IDLE_GRACE = 2.0
+"""Seconds an idle keep-alive connection stays open once its worker soft-stops (module doc)."""
+
 _NEVER = float("inf")
 _REQUESTS = metrics.REQUESTS
 
@@ -242,9 +245,13 @@ class SessionHub:
         )
 
     def admit(self, session: Session) -> bool:
-        """Register a new connection; False when it must be closed (limit or stopping)."""
+        """Register a new connection; False when it must be closed (over `max_connections`).
+
+        While draining, a connection the loop accepted before the listeners closed is still
+        served: its client has sent its request already (one exchange, `Connection: close`).
+        """
         self.counters.incr(metrics.ACCEPTED)
-        if self.draining or len(self.sessions) >= self.max_connections:
+        if len(self.sessions) >= self.max_connections:
             self.counters.incr(metrics.REJECTED)
             return False
         self.sessions.add(session)
@@ -468,7 +475,10 @@ class HttpSession(Session):
             ssl_object = transport.get_extra_info("ssl_object")
             self._cert_names = getattr(ssl_object, "sozu_names", None)  # None: no SNI
         self.parser = httptools.HttpRequestParser(self)
-        self._arm(self.listener.request_timeout)
+        timeout = self.listener.request_timeout
+        if self.hub.draining:  # accepted just before the listeners closed: a short wait only
+            timeout = min(timeout, DRAIN_IDLE_GRACE) if timeout else DRAIN_IDLE_GRACE
+        self._arm(timeout)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -552,9 +562,12 @@ class HttpSession(Session):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
+        """Soft stop: a busy connection closes after its answer (`Connection: close`, since
+        hub.draining forbids keep-alive); an idle one gets `DRAIN_IDLE_GRACE` seconds, so a
+        request already on its way is still answered rather than lost with a reset."""
         if self._in_request or self._current is not None:
-            return  # closes after this answer: hub.draining forbids keep-alive
-        self._close()
+            return
+        self._arm(DRAIN_IDLE_GRACE)
 
     def pause_writing(self) -> None:
         try:
@@ -1454,8 +1467,8 @@ class HttpSession(Session):
                     log.debug("pipe_timeout", request_id=current.request_id)
                 self._close()  # the backend stalled in its answer, or an upgraded pipe idled
                 return
-            if self._served and not self._in_request and current is None:
-                self._close()
+            if (self._served or self.hub.draining) and not self._in_request and current is None:
+                self._close()  # idle after its last answer, or through a drain's grace
                 return
             values = {
                 "REQUEST_ID": new_request_id(),

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from sozu.command.proto import (
 )
 from sozu.command.scm import Listeners, send_listeners
 from sozu.command.state import ConfigState, canonical
+from sozu.worker.server import SOFT_STOP_GRACE
 from tests.integration.harness import bind_listener, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -335,15 +337,23 @@ def test_hard_stop_answers_then_exits(worker: Worker) -> None:
 
 
 def test_soft_stop_drains_then_exits(worker: Worker) -> None:
+    """Busy connections finish; an idle one gets DRAIN_IDLE_GRACE seconds (a request sent in
+    that time is answered), then closes without a word; then OK and exit 0. (Keep-alive
+    answers with `Connection: close` during a drain: tests/e2e/test_upgrade_worker.py.)"""
     with (
-        socket.create_connection(("127.0.0.1", worker.port()), timeout=5) as idle,
-        socket.create_connection(("127.0.0.1", worker.port()), timeout=5) as busy,
+        socket.create_connection(("127.0.0.1", worker.port()), timeout=10) as idle,
+        socket.create_connection(("127.0.0.1", worker.port()), timeout=10) as late,
+        socket.create_connection(("127.0.0.1", worker.port()), timeout=10) as busy,
     ):
         busy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        wait_for(lambda: worker.counts().get("client.connections") == 2, what="two sessions")
+        wait_for(lambda: worker.counts().get("client.connections") == 3, what="three sessions")
         request_id = worker.send(Request(soft_stop=SoftStop()))
         assert worker.recv(request_id).status == PROCESSING
-        assert read_all(idle) == b""  # idle connections close at once
+        late.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # on its way as the drain began
+        assert read_all(late).startswith(b"HTTP/1.1 404 Not Found\r\n")
+        started = time.monotonic()
+        assert read_all(idle) == b""  # closed once the grace is over
+        assert time.monotonic() - started < SOFT_STOP_GRACE
         assert worker.process.poll() is None  # the busy one is still being served
         busy.sendall(b"\r\n")
         assert read_all(busy).startswith(b"HTTP/1.1 404 Not Found\r\n")
