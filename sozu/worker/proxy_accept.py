@@ -78,7 +78,9 @@ class ProxyAcceptor:
             conn.setblocking(False)
             self.pending.add(_HeaderReader(self, conn))
 
-    def hand_over(self, reader: _HeaderReader, source: Address) -> None:
+    def hand_over(
+        self, reader: _HeaderReader, source: Address, destination: Address | None
+    ) -> None:
         """The header is read: the socket goes to a transport and a session."""
         self.pending.discard(reader)
         factory = self.factory
@@ -86,6 +88,7 @@ class ProxyAcceptor:
         def session() -> asyncio.BaseProtocol:
             protocol = factory()
             protocol.peer_override = source  # type: ignore[attr-defined]
+            protocol.public_override = destination  # type: ignore[attr-defined]
             return protocol
 
         task = self.loop.create_task(self._connect(reader.conn, session))
@@ -159,7 +162,7 @@ class _HeaderReader:
             self.close("PROXY header without addresses")
             return
         self._stop()
-        self.acceptor.hand_over(self, result.source)
+        self.acceptor.hand_over(self, result.source, result.destination)
 
     def _stop(self) -> None:
         with contextlib.suppress(ValueError, OSError):

@@ -291,6 +291,7 @@ class Session(asyncio.Protocol):
     # the client address of a PROXY protocol header, set before `connection_made` when the
     # listener expects one (`sozu.worker.proxy_accept`); else the socket's peer is the client
     peer_override: tuple[str, int] | None = None
+    public_override: tuple[str, int] | None = None  # a PROXY header's destination (as Sōzu)
 
     def __init__(self, hub: SessionHub) -> None:
         self.hub = hub
@@ -401,6 +402,7 @@ class HttpSession(Session):
         "_peer_port",
         "_pipe_timeout",
         "_plain",
+        "_public",
         "_queue",
         "_refusal",
         "_served",
@@ -447,6 +449,7 @@ class HttpSession(Session):
         self._framing = Framing.NONE
         self._drop: set[bytes] | None = None
         self._plain = True
+        self._public = (listener.public_ip, listener.public_port)
         self._cookie = False
         self._forwarding = b""
         self._last_route: _LastRoute | None = None
@@ -468,8 +471,13 @@ class HttpSession(Session):
             self._peer_ip = str(peer[0]).encode("ascii")
             self._peer_port = int(peer[1])
         listener = self.listener
+        public = self.public_override
+        if public is None:
+            self._public = (listener.public_ip, listener.public_port)
+        else:
+            self._public = (str(public[0]).encode("ascii"), str(public[1]).encode("ascii"))
         self._forwarding = forwarding_headers(
-            self._peer_ip, self._peer_port, listener.public_ip, listener.public_port, listener.proto
+            self._peer_ip, self._peer_port, self._public[0], self._public[1], listener.proto
         )
         if listener.https and listener.strict_sni:
             ssl_object = transport.get_extra_info("ssl_object")
@@ -732,8 +740,8 @@ class HttpSession(Session):
                     headers,
                     peer_ip=self._peer_ip,
                     peer_port=self._peer_port,
-                    public_ip=listener.public_ip,
-                    public_port=listener.public_port,
+                    public_ip=self._public[0],
+                    public_port=self._public[1],
                     proto=listener.proto,
                     request_id=rid,
                     id_header=listener.id_header,
@@ -1064,7 +1072,7 @@ class HttpSession(Session):
             if cluster is not None and cluster.sticky_session:
                 return b"%s=%s; Path=/" % (
                     self.listener.sticky_name,
-                    backend.sticky_id.encode("latin-1"),
+                    backend.sticky_id.encode("utf-8"),
                 )
         return None
 

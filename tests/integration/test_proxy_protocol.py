@@ -283,12 +283,14 @@ def seen_headers(answer: bytes) -> dict[str, str]:
 
 @pytest.mark.parametrize("build", [build_v1, build_v2])
 def test_http_client_address_is_the_header_source(worker: EdgeWorker, build: Builder) -> None:
-    header = build(CLIENT, ("127.0.0.1", worker.port("http")))
+    header = build(CLIENT, ("127.0.0.2", 8443))  # the address the client reached, per the header
     with connect(worker, "http") as client:
         client.sendall(header + GET)  # one segment: header and request together
         seen = seen_headers(read_all(client))
     assert seen["x-forwarded-for"] == CLIENT[0]
     assert f'for="{CLIENT[0]}:{CLIENT[1]}"' in seen["forwarded"]
+    assert "by=127.0.0.2" in seen["forwarded"]  # the header's destination, as Sōzu
+    assert seen["x-forwarded-port"] == "8443"
 
 
 def test_http_header_in_pieces_then_request(worker: EdgeWorker) -> None:
