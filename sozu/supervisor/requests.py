@@ -18,6 +18,7 @@ Every handler returns whether the client stays connected.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -56,7 +57,7 @@ from sozu.supervisor.audit import (
 )
 from sozu.supervisor.audit_trail import AuditTrail
 from sozu.supervisor.events import event_for
-from sozu.supervisor.gathering import Gathered, Scatter, request_name
+from sozu.supervisor.gathering import HEARTBEAT_SECONDS, Gathered, Scatter, request_name
 from sozu.supervisor.listeners import ListenerError
 from sozu.supervisor.sessions import ClientSession
 from sozu.supervisor.upgrade import upgrade_main
@@ -570,7 +571,14 @@ async def stop(sup: Supervisor, session: ClientSession, request: Request) -> boo
     AuditTrail.of(sup, session, request).record(RESULT_OK, elapsed=False)
     sup.publish(event_for(request))
     await session.processing(f"Performing {'hard' if hard else 'soft'} stop...")
-    await sup.stop(hard=hard, requester=session)
+    stopping = asyncio.ensure_future(sup.stop(hard=hard, requester=session))
+    while True:  # a drain takes a while: PROCESSING keeps the client's read timeout at bay
+        done, _ = await asyncio.wait({stopping}, timeout=HEARTBEAT_SECONDS)
+        if done:
+            break
+        busy = sum(1 for worker in sup.workers.alive() if not worker.exited.is_set())
+        await session.processing(f"Waiting for {busy} worker(s) to finish their connections")
+    stopping.result()
     return False
 
 
