@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -25,6 +26,9 @@ import pytest
 from sozu.command.channel import Channel
 from sozu.command.proto import Request, Response, ResponseStatus
 from sozu.demo.backend import serve
+
+if TYPE_CHECKING:
+    from tests.e2e.slow_backend import SlowBackend
 
 STARTUP_SECONDS = 30.0
 
@@ -209,3 +213,13 @@ def backends() -> Iterator[Callable[[int], Backends]]:
     yield make
     for group in made:
         group.close()
+
+
+@pytest.fixture
+def slow_backend() -> Iterator[SlowBackend]:
+    """A backend answering after SLOW_SECONDS (tests/e2e/slow_backend.py)."""
+    from tests.e2e.slow_backend import SlowBackend
+
+    backend = SlowBackend()
+    yield backend
+    backend.close()

@@ -15,9 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from sozu.command.certificate import self_signed
+from sozu.worker.server import SOFT_STOP_GRACE
 from tests.e2e.conftest import Backends, Sozu, free_port, wait_for
 from tests.e2e.load import Load
+from tests.e2e.slow_backend import SlowBackend, request_in_background, serve_slow
 from tests.e2e.test_traffic import ok
 
 MakeSozu = Callable[..., Sozu]
@@ -132,3 +136,30 @@ def test_killed_worker_fails_only_its_exchanges_in_flight(
     assert failed_at_kill <= clients, report.summary()
     late = [at for at in report.failed_at if at > killed_at]
     assert not late, f"{len(late)} failures after the kill was over: {report.summary()}"
+
+
+def test_killed_main_leaves_workers_that_finish_their_exchanges_and_exit(
+    make_sozu: MakeSozu, slow_backend: SlowBackend
+) -> None:
+    """Chosen behaviour (doc/upgrade.md): a worker whose main process is gone serves what it
+    has in flight, accepts nothing new, and exits; no orphan keeps a stale configuration."""
+    sozu = make_sozu(workers=2)
+    serve_slow(sozu, slow_backend)
+    workers = sozu.worker_pids()
+    thread, outcome = request_in_background(sozu.http_port)
+    assert slow_backend.received.wait(10)
+    assert sozu.process is not None
+    sozu.process.kill()
+    sozu.process.wait(10)
+    thread.join(15)
+    assert outcome == [(200, b"slow but sure\n")]  # the exchange in flight completed
+    wait_for(
+        lambda: (
+            not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                for p in workers
+            )
+        ),
+        SOFT_STOP_GRACE + 5,
+        "the orphaned workers to exit",
+    )
