@@ -92,15 +92,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_ticks(pids: list[int]) -> dict[int, int]:
-    """utime + stime of each process, in clock ticks."""
+def cpu_ticks(pids: list[int], user_only: bool = False) -> dict[int, int]:
+    """utime + stime (or utime alone) of each process, in clock ticks."""
     ticks = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks[pid] = int(fields[11]) + int(fields[12])
+        ticks[pid] = int(fields[11]) + (0 if user_only else int(fields[12]))
     return ticks
 
 
@@ -365,6 +365,7 @@ class Run:
     socket_errors: int = 0
     others_pct: float = float("nan")  # CPU used by other processes during the run, % of one CPU
     cpu_us_per_req: float = float("nan")
+    user_us_per_req: float = float("nan")  # the user-space part (the kernel's is the rest)
     rss_mib: float = float("nan")
     note: str = ""
 
@@ -411,6 +412,7 @@ def measure(server: Server, case: str, seconds: int, backend: Server) -> Run:
     assert port is not None
     pids = server.pids()
     known = pids + backend.pids()
+    user_before = cpu_ticks(pids, user_only=True)
     before, busy_before, wrk_before = (
         cpu_ticks(known),
         machine_busy_ticks(),
@@ -420,6 +422,7 @@ def measure(server: Server, case: str, seconds: int, backend: Server) -> Run:
     done = subprocess.run(
         wrk(case, port, seconds), capture_output=True, text=True, timeout=seconds + 60
     )
+    user_after = cpu_ticks(pids, user_only=True)
     after, busy_after, wrk_after = (
         cpu_ticks(known),
         machine_busy_ticks(),
@@ -437,6 +440,8 @@ def measure(server: Server, case: str, seconds: int, backend: Server) -> Run:
     used = sum(after.get(p, 0) - before.get(p, 0) for p in pids if p in before)
     if run.requests:
         run.cpu_us_per_req = used * 1_000_000 / CLK_TCK / run.requests
+        user = sum(user_after.get(p, 0) - user_before.get(p, 0) for p in pids if p in user_before)
+        run.user_us_per_req = user * 1_000_000 / CLK_TCK / run.requests
     run.rss_mib = rss_kib(pids) / 1024
     return run
 
@@ -477,6 +482,7 @@ def summarize(results: dict[tuple[str, str], list[Run]]) -> dict[tuple[str, str]
             p99_us=median([r.p99_us for r in runs]),
             errors=errors,
             cpu_us_per_req=median([r.cpu_us_per_req for r in runs]),
+            user_us_per_req=median([r.user_us_per_req for r in runs]),
             rss_mib=median([r.rss_mib for r in runs]),
             non2xx=non2xx,
             socket_errors=socket_errors,
@@ -499,8 +505,8 @@ def summarize(results: dict[tuple[str, str], list[Run]]) -> dict[tuple[str, str]
 def table(summary: dict[tuple[str, str], Run]) -> str:
     head = (
         "| proxy | req/s | vs nginx | p50 | p99 | p99 vs nginx "
-        "| CPU us/req | CPU vs nginx | RSS MiB | errors |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "| CPU us/req | of which user | CPU vs nginx | RSS MiB | errors |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     )
     parts = []
     for case in CASES:
@@ -516,7 +522,8 @@ def table(summary: dict[tuple[str, str], Run]) -> str:
             rows.append(
                 f"| {PROXY_TITLES[proxy]} | {fmt(r.rps)} | {ratio(r.rps, ref.rps)} "
                 f"| {ms(r.p50_us)} | {ms(r.p99_us)} | {ratio(r.p99_us, ref.p99_us)} "
-                f"| {fmt(r.cpu_us_per_req, 1)} | {ratio(r.cpu_us_per_req, ref.cpu_us_per_req)} "
+                f"| {fmt(r.cpu_us_per_req, 1)} | {fmt(r.user_us_per_req, 1)} "
+                f"| {ratio(r.cpu_us_per_req, ref.cpu_us_per_req)} "
                 f"| {fmt(r.rss_mib, 1)} | {err} |"
             )
         busy = f"\nOther processes on the machine used up to {others:.0f}% of one CPU meanwhile.\n"
