@@ -112,6 +112,20 @@ policy."""
 DRAIN_IDLE_GRACE = 2.0
 """Seconds an idle keep-alive connection stays open once its worker soft-stops (module doc)."""
 
+_Parsed = tuple[bytes, bool, bool, bool]
+"""What the parser says of a request head: method, keep-alive, HTTP/1.0, upgrade."""
+
+_Repeat = tuple[
+    bytes,
+    tuple[tuple[bytes, bytes], ...],
+    bytes | None,
+    set[bytes] | None,
+    bool,
+    bool,
+    _Parsed,
+]
+"""`_remember_request`: url, headers, Host, Connection extras, plain, cookie, parser reading."""
+
 _NEVER = float("inf")
 _REQUESTS = metrics.REQUESTS
 
@@ -397,6 +411,7 @@ class HttpSession(Session):
         "_ip_held",
         "_last_route",
         "_loop",
+        "_parsed",
         "_parsing",
         "_peer_ip",
         "_peer_port",
@@ -405,6 +420,8 @@ class HttpSession(Session):
         "_public",
         "_queue",
         "_refusal",
+        "_repeat",
+        "_repeat_raw",
         "_served",
         "_timer",
         "_timer_at",
@@ -435,7 +452,7 @@ class HttpSession(Session):
         self._served = 0
         self._url = b""
         self._authority: bytes | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = []
         self._trailers: list[tuple[bytes, bytes]] = []
         self._current: Exchange | None = None
         self._parsing: Exchange | None = None
@@ -450,6 +467,9 @@ class HttpSession(Session):
         self._drop: set[bytes] | None = None
         self._plain = True
         self._public = (listener.public_ip, listener.public_port)
+        self._parsed: _Parsed | None = None  # the parser's reading of the last request head
+        self._repeat_raw: bytes | None = None  # the last one-request chunk (`_remember_request`)
+        self._repeat: _Repeat | None = None
         self._cookie = False
         self._forwarding = b""
         self._last_route: _LastRoute | None = None
@@ -499,9 +519,15 @@ class HttpSession(Session):
                     conn.write(data)
                     self._arm(self._pipe_timeout)
                 return
+            idle = not self._in_request and current is None
+            if idle and data == self._repeat_raw:  # the previous request again, byte for byte
+                self._repeat_request(data)
+                return
             self._head_bytes += len(data)  # head and trailer bytes; `on_body` resets it
             try:
                 self.parser.feed_data(data)
+                if idle:
+                    self._remember_request(data)
             except httptools.HttpParserUpgrade as upgrade:
                 self._request_upgraded(data, upgrade)
             except httptools.HttpParserCallbackError as error:
@@ -525,6 +551,53 @@ class HttpSession(Session):
                 self._too_large()  # a head, or a chunked request's trailers, beyond buffer_size
         except Exception as error:  # a bug: this connection ends, the worker goes on
             self._crash("data_received", error)
+
+    def _remember_request(self, data: bytes) -> None:
+        """Keep what `data` parsed to when it was exactly one request head with no body, for
+        `_repeat_request`: clients on keep-alive connections often send the same bytes again
+        (health checks, polling, benchmarks). llhttp has validated these very bytes."""
+        parsed = self._parsed
+        if (
+            parsed is None
+            or self._in_request
+            or parsed[3]
+            or self._framing != Framing.NONE
+            or data.find(b"\r\n\r\n") != len(data) - 4
+        ):
+            self._repeat_raw = None
+            return
+        self._repeat_raw = data
+        self._repeat = (
+            self._url,
+            tuple(self._headers),
+            self._authority,
+            self._drop,
+            self._plain,
+            self._cookie,
+            parsed,
+        )
+
+    def _repeat_request(self, data: bytes) -> None:
+        """The callbacks `data` gave last time, without parsing it again (same bytes, same
+        parser state: the same request)."""
+        repeat = self._repeat
+        assert repeat is not None
+        url, headers, authority, drop, plain, cookie, parsed = repeat
+        self.on_message_begin()
+        self._url = url
+        self._headers = headers  # read only from here on
+        self._authority = authority
+        self._drop = drop
+        self._plain = plain
+        self._cookie = cookie
+        self._headers_done = True
+        self._head_bytes = len(data)
+        self._headers_ready(parsed)
+        self.on_message_complete()
+        if self._deadline == _ARM_REQUEST:
+            self._arm(self.listener.request_timeout)
+        if self._to_back:
+            self.flush_back()
 
     def eof_received(self) -> bool | None:
         try:
@@ -601,6 +674,7 @@ class HttpSession(Session):
 
     def on_message_begin(self) -> None:
         self._in_request = True
+        self._parsed = None
         self._headers_done = False
         self._url = b""
         self._authority = None
@@ -622,7 +696,7 @@ class HttpSession(Session):
         if self._headers_done:
             self._trailers.append((name, value))
             return
-        self._headers.append((name, value))
+        self._headers.append((name, value))  # type: ignore[union-attr]  # a list while parsing
         if len(name) in _WATCHED_LENGTHS:
             lower = name.lower()
             if lower == b"host":
@@ -648,17 +722,29 @@ class HttpSession(Session):
         if self._head_bytes > hub.buffer_size and self._head_size() > hub.buffer_size:
             self._too_large()
             return
+        parser = self.parser
+        parsed = (
+            parser.get_method(),
+            bool(parser.should_keep_alive()),
+            parser.get_http_version() == "1.0",
+            bool(parser.should_upgrade()),
+        )
+        self._parsed = parsed
+        self._headers_ready(parsed)
+
+    def _headers_ready(self, parsed: _Parsed) -> None:
+        """A request head is complete (parsed now, or the repeat of the previous one)."""
+        hub = self.hub
         counters = hub.counters
         if counters.enabled:
             counters.counts[_REQUESTS] += 1
-        parser = self.parser
-        method_bytes = parser.get_method()
+        method_bytes, keep_alive, http10, upgrade = parsed
         method = _METHODS.get(method_bytes) or method_bytes.decode("latin-1")
         request_id = new_request_id()
         exchange = Exchange(request_id, method_bytes)
         self._parsing = exchange
-        exchange.keep_alive = bool(parser.should_keep_alive()) and not hub.draining
-        if parser.get_http_version() == "1.0":
+        exchange.keep_alive = keep_alive and not hub.draining
+        if http10:
             exchange.http10 = True
         url = self._url
         routing = hub.routing
@@ -723,7 +809,7 @@ class HttpSession(Session):
             headers = self._headers
             exchange.request_framing = framing = self._framing
             exchange.rid = rid = request_id.encode("ascii")
-            exchange.upgrade = bool(parser.should_upgrade())
+            exchange.upgrade = upgrade
             sticky = cluster is not None and cluster.sticky_session
             if sticky:
                 exchange.sticky = True
