@@ -235,6 +235,8 @@ class Supervisor:
         self._session_tasks: set[asyncio.Task[None]] = set()
         self._restart_handle: asyncio.TimerHandle | None = None
         self._quick_deaths = 0
+        self._deferred_signal: int | None = None
+        self._successor_pid: int | None = None
         self._next_client_id = 0
         self._next_task_id = 0
 
@@ -288,15 +290,17 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         adopted = [self.workers.adopt(entry) for entry in entries]
+        self.upgrading = True  # a stop signal waits until we hold everything
+        self._install_signals(loop)
         try:
             if not confirm():
                 self.handed_over = True  # never took over: everything stays the old main's
                 return 1
-            self._install_signals(loop)
             for worker in adopted:
                 self.workers.watch_adopted(worker)
             self.started = True
             self._accept_task = asyncio.ensure_future(self._accept_loop())
+            self.upgrade_ended(None)
             log.info(
                 "supervisor_took_over",
                 workers=len(adopted),
@@ -381,6 +385,19 @@ class Supervisor:
         assert self._done is not None
         self._done.set()
 
+    def upgrade_ended(self, new_main_pid: int | None) -> None:
+        """After a main upgrade: act on a stop signal received meanwhile (see `_on_signal`)."""
+        self.upgrading = False
+        self._successor_pid = new_main_pid
+        signum, self._deferred_signal = self._deferred_signal, None
+        if signum is None:
+            return
+        if new_main_pid is None:
+            self._on_signal(signum)
+        else:
+            with contextlib.suppress(OSError):
+                os.kill(new_main_pid, signum)
+
     def counters(self) -> tuple[int, int]:
         """(next client id, last task id): they carry over to a new main process."""
         return self._next_client_id, self._next_task_id
@@ -439,12 +456,18 @@ class Supervisor:
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if self.handed_over:
-            return  # the new main process owns the workers now; this one is on its way out
         if signum == signal.SIGHUP:
             self.audit.reopen()
             sozu_logging.reopen()
             log.info("logs_reopened", signal=name)
+            return
+        if self.upgrading or self.handed_over:
+            # Worker channels are being handed over: the stop applies once the outcome is
+            # known, here (failure) or in the new main process (success).
+            log.info("stop_signal_deferred", signal=name)
+            self._deferred_signal = signum
+            if self._successor_pid is not None:
+                self.upgrade_ended(self._successor_pid)
             return
         hard = signum != signal.SIGTERM
         log.info("stop_signal", signal=name, hard=hard)

@@ -86,14 +86,14 @@ async def upgrade_main(sup: Supervisor, session: ClientSession, request: Request
     await session.processing("Upgrading the main process...")
     try:
         new_pid = await _start_successor(sup, generation)
-    except UpgradeFailed as failure:
-        sup.upgrading = False
+    except Exception as error:
+        failure = error if isinstance(error, UpgradeFailed) else UpgradeFailed(repr(error))
         _notify(notify.READY)
         message = (
             f"Upgrade of main process failed: {failure}; "
             f"the current main process (pid {os.getpid()}) keeps serving"
         )
-        log.error("main_upgrade_failed", reason=str(failure))
+        log.error("main_upgrade_failed", reason=str(failure), exc_info=failure is not error)
         trail.record(
             RESULT_ERR,
             error_code=ERROR_OTHER,
@@ -101,7 +101,11 @@ async def upgrade_main(sup: Supervisor, session: ClientSession, request: Request
             target=f"executable:{executable} boot_generation:{sup.audit.boot_generation}",
         )
         await session.failure(message)
+        sup.upgrade_ended(None)
         return True
+    except BaseException:  # cancelled (the supervisor stops): never stay gated
+        sup.upgrade_ended(None)
+        raise
     # The new main serves the command socket from now on: a client reconnecting after our
     # answer must land there, so stop accepting before answering.
     sup.audit.boot_generation = generation
@@ -113,6 +117,7 @@ async def upgrade_main(sup: Supervisor, session: ClientSession, request: Request
         f"Upgrade successful, closing main process. New main process has pid {new_pid}"
     )
     sup.hand_over()
+    sup.upgrade_ended(new_pid)
     return False
 
 
@@ -225,18 +230,23 @@ async def _await_confirmation(
     try:
         waiters: set[asyncio.Future[Any]] = {word, exited}
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if word.done() and not word.cancelled() and word.exception() is None:
-            if word.result() is True:
-                return
-            if word.result() is False:
-                raise UpgradeFailed("the new main process answered false")
-            # EOF: it is exiting; wait a moment to name its exit code.
+        if not (word.done() or exited.done()):
+            # Timed out: a `true` already in the socket still counts (the new main may have
+            # begun to serve), so look once more before giving up.
+            await asyncio.wait({word}, timeout=0.05)
+        answer = word.result() if word.done() and word.exception() is None else None
+        if word.done() and answer is None and word.exception() is None:
+            # End of stream: it is exiting; wait a moment to name its exit code.
             await asyncio.wait({exited}, timeout=_EXIT_GRACE_SECONDS)
-        if child.poll() is not None:
+        if child.poll() is not None:  # a new main that is gone cannot take over, whatever it said
             raise UpgradeFailed(
                 f"new main process exited with code {child.returncode} before confirming"
             )
-        if word.done() and not word.cancelled() and word.exception() is not None:
+        if answer is True:
+            return
+        if answer is False:
+            raise UpgradeFailed("the new main process answered false (killed)")
+        if word.done() and word.exception() is not None:
             raise UpgradeFailed(f"unreadable confirmation: {word.exception()} (killed)")
         if word.done():
             raise UpgradeFailed("new main process closed its channel without confirming (killed)")

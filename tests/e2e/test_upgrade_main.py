@@ -7,7 +7,10 @@ which a test replaces to simulate a broken new binary.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
+import signal
 from collections.abc import Callable
 
 import psutil
@@ -88,12 +91,24 @@ def test_main_upgrade_under_load_keeps_the_workers_and_fails_no_request(
     assert running_worker_pids(sozu) == workers
     assert sozu.cli("status").returncode == 0
 
+    # The third main never started these workers: it still sees one die, and replaces it.
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            len(running_worker_pids(sozu)) == 2 and victim not in running_worker_pids(sozu).values()
+        ),
+        15,
+        "the killed adopted worker to be replaced",
+    )
+
     lines = audit_lines(sozu)
     upgrades = [line for line in lines if line["verb"] == "main_upgraded"]
     assert [(u["result"], u["boot_generation"]) for u in upgrades] == [("ok", 1), ("ok", 2)]
     assert "boot_generation:1" in str(upgrades[0]["target"])
     assert str(sozu.launcher) in str(upgrades[0]["target"])
-    assert lines[-1]["boot_generation"] == 2  # the `status` above, audited by the third main
+    assert lines[-1]["boot_generation"] == 2  # audited by the third main
+    assert [line["verb"] for line in lines[-2:]] == ["worker_killed", "worker_relaunched"]
 
 
 def test_a_failing_new_binary_leaves_the_old_main_serving(
@@ -120,7 +135,15 @@ def test_a_failing_new_binary_leaves_the_old_main_serving(
         load.wait_requests(30)
 
         sozu.replace_launcher("#!/bin/sh\nexec sleep 60\n")
-        answer = upgrade_main(sozu)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(upgrade_main, sozu)
+            # Meanwhile changes and worker queries wait; the main state still answers lists.
+            refused = wait_for(lambda: "a main upgrade is in progress" in sozu.cli("status").stderr,
+                               5, "status refused during the upgrade")  # fmt: skip
+            assert refused
+            if not pending.done():
+                assert sozu.listed_workers()
+            answer = pending.result(timeout=30)
         assert answer.status == ResponseStatus.FAILURE
         assert "did not confirm within 2 s (killed)" in answer.message
         assert sozu.process.poll() is None
@@ -144,3 +167,24 @@ def test_a_failing_new_binary_leaves_the_old_main_serving(
         if line["verb"] == "main_upgraded"
     ]
     assert verdicts == [("err", 0), ("err", 0), ("ok", 1)]
+
+
+def test_a_stop_signal_during_an_upgrade_applies_once_it_failed(make_sozu: MakeSozu) -> None:
+    sozu = make_sozu(workers=1, extra=EXTRA, start=False)
+    sozu.config_path.write_text(
+        sozu.config_path.read_text().replace("worker_timeout = 5", "worker_timeout = 1")
+    )
+    sozu.start(wait_workers=1, launcher=True)
+    assert sozu.process is not None
+    sozu.replace_launcher("#!/bin/sh\nexec sleep 60\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(upgrade_main, sozu)
+        wait_for(lambda: "a main upgrade is in progress" in sozu.cli("status").stderr, 5,
+                 "the upgrade to be under way")  # fmt: skip
+        sozu.process.send_signal(signal.SIGTERM)  # deferred: channels are being handed over
+        answer = pending.result(timeout=30)
+    assert answer.status == ResponseStatus.FAILURE
+    assert "did not confirm within 1 s" in answer.message
+    assert sozu.process.wait(timeout=20) == 0  # then the soft stop ran
+    assert not sozu.socket_path.exists()
+    assert "stop_signal_deferred" in sozu.log()
