@@ -72,7 +72,13 @@ class Sozu:
         self.log_path = self.workdir / "sozu.log"
         self.launcher = self.workdir / "bin" / "sozu"
 
-    def start(self, wait_workers: int | None = None, *, launcher: bool = False) -> None:
+    def start(
+        self,
+        wait_workers: int | None = None,
+        *,
+        launcher: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         log = self.log_path.open("ab")
         command = [sys.executable, "-m", "sozu"]
         if launcher:
@@ -83,6 +89,7 @@ class Sozu:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            env=None if env is None else {**os.environ, **env},
         )
         log.close()
         if wait_workers is not None:

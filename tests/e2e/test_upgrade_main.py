@@ -11,6 +11,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 from collections.abc import Callable
 
 import psutil
@@ -188,3 +189,20 @@ def test_a_stop_signal_during_an_upgrade_applies_once_it_failed(make_sozu: MakeS
     assert sozu.process.wait(timeout=20) == 0  # then the soft stop ran
     assert not sozu.socket_path.exists()
     assert "stop_signal_deferred" in sozu.log()
+
+
+def test_systemd_follows_the_new_main_process(make_sozu: MakeSozu) -> None:
+    sozu = make_sozu(workers=1, extra=EXTRA, start=False)
+    notify_path = sozu.workdir / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(notify_path))
+        systemd.settimeout(10)
+        sozu.start(wait_workers=1, launcher=True, env={"NOTIFY_SOCKET": str(notify_path)})
+        assert systemd.recv(4096) == b"READY=1"
+        answer = upgrade_main(sozu)
+        assert answer.status == ResponseStatus.OK, answer.message
+        new_main = sozu.main_pid()
+        said = [systemd.recv(4096).decode() for _ in range(3)]
+    assert said[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert said[1] == f"MAINPID={new_main}"  # from the old main, before it exits
+    assert said[2] == f"MAINPID={new_main}\nREADY=1"  # from the new one, once the old is gone
