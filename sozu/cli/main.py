@@ -185,6 +185,15 @@ def worker(args: argparse.Namespace) -> int:
     )
 
 
+def main_process(args: argparse.Namespace) -> int:
+    """`sozu main --fd F --upgrade-fd U ...`: the new main process of a main upgrade."""
+    try:
+        from sozu.supervisor.main import run_upgraded
+    except ImportError as error:
+        raise SozuError(f"the supervisor cannot be loaded: {error}") from None
+    return int(run_upgraded(args.fd, args.upgrade_fd))
+
+
 def not_supported(what: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         raise SozuError(f"{what} is not supported yet")
@@ -197,7 +206,7 @@ HANDLERS: dict[str, Handler] = {
     "demo": demo.run,
     "start": start,
     "worker": worker,
-    "main": not_supported("`sozu main` (the new main process of a main upgrade)"),
+    "main": main_process,
     "top": not_supported("`sozu top` (it needs the tui extra)"),
     "events": events,
     "upgrade": upgrade,

@@ -236,6 +236,27 @@ class AsyncChannel(Generic[Tx, Rx]):
                 raise self._decoder.end_of_stream()
             self._decoder.feed(data)
 
+    # --- pausing (a main upgrade hands this socket over between two frames) ---------------
+
+    def pause_reading(self) -> None:
+        """Stop taking bytes from the socket; what the kernel holds stays there for anyone."""
+        pause = getattr(self.writer.transport, "pause_reading", None)
+        if pause is not None:
+            pause()
+
+    def resume_reading(self) -> None:
+        resume = getattr(self.writer.transport, "resume_reading", None)
+        if resume is not None:
+            resume()
+
+    def unread(self) -> int:
+        """Bytes taken from the socket that no `recv()` has looked at yet."""
+        return len(getattr(self.reader, "_buffer", b""))
+
+    def buffered(self) -> int:
+        """Bytes taken from the socket and not yet returned as a whole message."""
+        return self.unread() + self._decoder.pending
+
     async def close(self) -> None:
         """Close the transport; errors while closing a dead peer are of no interest."""
         self.writer.close()

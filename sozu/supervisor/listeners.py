@@ -92,6 +92,19 @@ class ListenerSockets:
                 self.close(kind, address)
             raise
 
+    def adopt(self, kind: str, address: str, fd: int) -> None:
+        """Hold a socket a previous main process bound (main upgrade); `kind` as in SCM."""
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        self._held.by_kind(kind)[address] = sock
+
+    def fds(self) -> dict[str, dict[str, int]]:
+        """Descriptor of each held socket, by SCM kind and address (the upgrade record's)."""
+        return {
+            kind: {address: sock.fileno() for address, sock in self._held.by_kind(kind).items()}
+            for kind in SCM_KIND.values()
+        }
+
     def all(self) -> Listeners:
         """Every held socket (the handshake message of a new worker); the sockets stay ours."""
         copy = Listeners()

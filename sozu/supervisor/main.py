@@ -7,7 +7,11 @@ active listener; with `--daemonize`, detach (python-daemon; the working director
 relative paths keep their meaning, and the shell gets its exit status only once the daemon is
 ready or has failed); write `pid_file_path`; then run the supervisor on one asyncio loop
 (uvloop when importable) until a stop. Whatever the way out, every worker is killed and reaped,
-the listening sockets are closed and the command socket and pid files are removed.
+the listening sockets are closed and the command socket and pid files are removed, except when
+a new main process took over (main upgrade): then everything is left to it.
+
+`sozu main --fd F --upgrade-fd U` (`run_upgraded`) is that new main process: it rebuilds the
+supervisor from the upgrade record instead of the configuration file (doc/upgrade.md).
 
 This is the only module that imports python-daemon.
 """
@@ -19,15 +23,18 @@ import collections
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sozu import __version__
+from sozu.command.channel import encode_message
 from sozu.command.config import Config, load_config
 from sozu.command.errors import ConfigError, ExitCode, SozuError
 from sozu.command.logging import LoggingError, get_logger, setup_logging
+from sozu.command.proto import BoolValue, RunState
 from sozu.command.state import ConfigState, StateError
 from sozu.command.state_file import LoadError, parse_records, read_state_file
 from sozu.supervisor.audit import AuditLog
@@ -35,6 +42,8 @@ from sozu.supervisor.gathering import request_name
 from sozu.supervisor.listeners import ListenerSockets
 from sozu.supervisor.requests import already_in_place, present_requests
 from sozu.supervisor.server import CommandSocket, Supervisor
+from sozu.supervisor.upgrade import executable_command
+from sozu.supervisor.upgrade_record import UpgradeRecord, UpgradeRecordError, decode
 from sozu.supervisor.workers import WORKER_COMMAND
 
 log = get_logger("sozu.supervisor.main")
@@ -56,10 +65,12 @@ class Prepared:
             *(s.fileno() for s in self.listeners.all().all()),
         ]
 
-    def release(self) -> None:
+    def release(self, *, handed_over: bool = False) -> None:
+        """Close our sockets; remove the socket file unless a new main process serves it now."""
         self.listeners.close_all()
         self.command_socket.close()
-        self.command_socket.remove()
+        if not handed_over:
+            self.command_socket.remove()
 
 
 def start(
@@ -190,6 +201,7 @@ def run(
         request_counts=prepared.counts,
         worker_command=worker_command,
     )
+    supervisor.executable = executable_command()
     _report_saved_state(config, prepared.saved)
 
     def ready() -> None:
@@ -203,8 +215,9 @@ def run(
     except KeyboardInterrupt:
         code = int(ExitCode.FAILURE)
     finally:
-        supervisor.workers.kill_all_now()
-        prepared.release()
+        if not supervisor.handed_over:
+            supervisor.workers.kill_all_now()
+        prepared.release(handed_over=supervisor.handed_over)
         audit.close()
         if pid_file is not None:
             _remove_pid_file(pid_file)
@@ -212,6 +225,99 @@ def run(
             report(f"error: {supervisor.startup_error or 'sozu stopped during start-up'}")
         log.info("supervisor_stopped", code=code)
     return code
+
+
+# --- the new main process of a main upgrade ------------------------------------------------
+
+
+def run_upgraded(confirm_fd: int, upgrade_fd: int) -> int:
+    """`sozu main --fd F --upgrade-fd U`: take over from the main process that started us.
+
+    Reads the upgrade record from U, adopts the command socket, listeners and workers it names,
+    confirms with a framed `true` on F, then serves. Any failure before confirming is one line
+    on stderr and exit 1; the old main process sees it and keeps serving.
+    """
+    parent_pid = os.getppid()
+    try:
+        record = _read_record(upgrade_fd)
+    except (OSError, UpgradeRecordError) as error:
+        print(f"error: cannot read the upgrade record: {error}", file=sys.stderr)
+        return int(ExitCode.FAILURE)
+    config = record.config
+    try:
+        setup_logging(config.log_level, config.log_target, config.log_colored, process="main")
+        prepared = _adopt(record)
+    except (SozuError, OSError) as error:
+        print(f"error: cannot take over: {error}", file=sys.stderr)
+        return int(ExitCode.FAILURE)
+    confirm_sock = socket.socket(fileno=confirm_fd)
+    confirm_sock.set_inheritable(False)
+    pid_file = _write_pid_file(config)
+    audit = AuditLog(
+        text_path=config.audit_logs_target,
+        json_path=config.audit_logs_json_target,
+        boot_generation=record.boot_generation,
+        sozu_version=__version__,
+        colored=config.log_colored,
+    )
+    supervisor = Supervisor(
+        config, prepared.state, prepared.listeners, prepared.command_socket, audit,
+        request_counts=prepared.counts,
+    )  # fmt: skip
+    supervisor.executable = executable_command()
+    supervisor.resume_counters(record.next_client_id, record.next_task_id)
+    supervisor.workers.next_id = record.next_worker_id
+    live = (RunState.RUNNING, RunState.NOT_ANSWERING)  # Sōzu skips stopping and stopped ones
+    entries = [worker for worker in record.workers if worker.run_state in live]
+
+    def confirm() -> bool:
+        frame = encode_message(BoolValue(value=True), config.max_command_buffer_size)
+        try:
+            confirm_sock.setblocking(True)
+            confirm_sock.sendall(frame)
+        except OSError as error:
+            log.error("upgrade_confirmation_failed", error=str(error))
+            return False
+        finally:
+            confirm_sock.close()
+        return True
+
+    code = int(ExitCode.FAILURE)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(supervisor.run_adopted(entries, confirm, parent_pid))
+    except KeyboardInterrupt:
+        code = int(ExitCode.FAILURE)
+    finally:
+        if not supervisor.handed_over:
+            supervisor.workers.kill_all_now()
+        prepared.release(handed_over=supervisor.handed_over)
+        audit.close()
+        if pid_file is not None:
+            _remove_pid_file(pid_file)
+        log.info("supervisor_stopped", code=code)
+    return code
+
+
+def _read_record(upgrade_fd: int) -> UpgradeRecord:
+    os.lseek(upgrade_fd, 0, os.SEEK_SET)
+    with os.fdopen(upgrade_fd, "rb") as record_file:
+        return decode(record_file.read())
+
+
+def _adopt(record: UpgradeRecord) -> Prepared:
+    """The state, command socket and listening sockets of the record (workers come later)."""
+    try:
+        state = ConfigState.from_requests(record.requests)
+    except StateError as error:
+        raise SozuError(f"the state in the upgrade record is refused: {error}") from None
+    command_socket = CommandSocket.adopt(record.command_socket_fd, record.config.command_socket)
+    listeners = ListenerSockets()
+    for kind, table in record.listeners.items():
+        for address, fd in table.items():
+            listeners.adopt(kind, address, fd)
+    counts = collections.Counter(record.request_counts)
+    return Prepared(state, counts, None, command_socket, listeners)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -86,6 +86,12 @@ _ALLOWED_WHILE_STOPPING = frozenset(
     }
 )
 
+# Requests answered while a main upgrade runs: the main state alone answers them (worker
+# channels are paused, and no change may slip between the record and the new main).
+_ALLOWED_WHILE_UPGRADING = frozenset(
+    {"list_workers", "list_listeners", "list_frontends", "count_requests"}
+)
+
 
 # --- entry point -------------------------------------------------------------------------
 
@@ -99,6 +105,9 @@ async def handle(sup: Supervisor, session: ClientSession, request: Request) -> b
         return False
     if sup.stopping and kind not in _ALLOWED_WHILE_STOPPING:
         await session.failure("the proxy is shutting down")
+        return True
+    if sup.upgrading and kind not in _ALLOWED_WHILE_UPGRADING:
+        await session.failure("a main upgrade is in progress")
         return True
     handler = _HANDLERS.get(kind, change)
     return await handler(sup, session, request)

@@ -19,8 +19,9 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from sozu.command import logging as sozu_logging
 from sozu.command.channel import AsyncChannel
@@ -34,8 +35,11 @@ from sozu.command.proto import (
     Request,
     Response,
     ResponseStatus,
+    RunState,
     ServerConfig,
     SoftStop,
+    Status,
+    WorkerRequest,
 )
 from sozu.command.scm import ScmError
 from sozu.command.state import Applied, ConfigState, StateError
@@ -56,6 +60,7 @@ from sozu.supervisor.gathering import Scatter, request_name, scatter
 from sozu.supervisor.listeners import ListenerSockets
 from sozu.supervisor.peer import peer_credentials
 from sozu.supervisor.sessions import ClientSession
+from sozu.supervisor.upgrade_record import WorkerEntry
 from sozu.supervisor.workers import (
     WORKER_COMMAND,
     ProcessingCallback,
@@ -72,6 +77,7 @@ PROBE_SECONDS = 1.0
 QUICK_DEATH_SECONDS = 1.0
 MAX_RESTART_DELAY = 10.0
 CLIENT_CLOSE_SECONDS = 2.0
+PARENT_EXIT_SECONDS = 5.0
 
 _ADD_LISTENER = frozenset(
     {"add_http_listener", "add_https_listener", "add_tcp_listener", "add_udp_listener"}
@@ -127,6 +133,27 @@ class CommandSocket:
             raise CommandSocketError(f"cannot bind command socket {text}: {reason}") from None
         finally:
             os.umask(previous)
+        return cls(path, sock, (created.st_dev, created.st_ino))
+
+    @classmethod
+    def adopt(cls, fd: int, path: Path) -> CommandSocket:
+        """The listening socket a previous main process bound at `path` (main upgrade)."""
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        try:
+            bound = sock.getsockname()
+            if bound != str(path):
+                raise CommandSocketError(
+                    f"descriptor {fd} is bound to {bound!r}, not the command socket {path}"
+                )
+            sock.setblocking(False)
+            created = os.stat(path)
+        except OSError as error:
+            sock.close()
+            raise CommandSocketError(f"cannot adopt command socket {path}: {error}") from None
+        except CommandSocketError:
+            sock.close()
+            raise
         return cls(path, sock, (created.st_dev, created.st_ino))
 
     def close(self) -> None:
@@ -197,6 +224,8 @@ class Supervisor:
         self.sessions: set[ClientSession] = set()
         self.stopping = False
         self.upgrading = False  # a main upgrade is in progress: other changes wait
+        self.handed_over = False  # a new main process took over: leave workers and socket be
+        self.executable: tuple[str, ...] = ()  # what a main upgrade starts (set at start-up)
         self.started = False
         self.startup_error: str | None = None
         self._hard = False
@@ -207,6 +236,8 @@ class Supervisor:
         self._session_tasks: set[asyncio.Task[None]] = set()
         self._restart_handle: asyncio.TimerHandle | None = None
         self._quick_deaths = 0
+        self._deferred_signal: int | None = None
+        self._successor_pid: int | None = None
         self._next_client_id = 0
         self._next_task_id = 0
 
@@ -249,6 +280,133 @@ class Supervisor:
             self._remove_signals(loop)
             await self._shutdown()
 
+    async def run_adopted(
+        self, entries: list[WorkerEntry], confirm: Callable[[], bool], parent_pid: int
+    ) -> int:
+        """The new main of a main upgrade: adopt the workers, confirm, then serve until a stop.
+
+        Nothing is read from a shared socket (command socket, worker channels) before `confirm()`
+        succeeded: until then the previous main process may still decide to go on serving.
+        """
+        loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        adopted = [self.workers.adopt(entry) for entry in entries]
+        self.upgrading = True  # a stop signal waits until we hold everything
+        self._install_signals(loop)
+        try:
+            if not confirm():
+                self.handed_over = True  # never took over: everything stays the old main's
+                return 1
+            for worker in adopted:
+                self.workers.watch_adopted(worker)
+            self.started = True
+            self._accept_task = asyncio.ensure_future(self._accept_loop())
+            self.upgrade_ended(None)
+            log.info(
+                "supervisor_took_over",
+                workers=len(adopted),
+                listeners=self.listeners.count(),
+                boot_generation=self.audit.boot_generation,
+            )
+            self._background(self._announce_ready(parent_pid))
+            self._background(self._check_adopted(adopted))
+            await self._done.wait()
+            return 0
+        finally:
+            self._remove_signals(loop)
+            await self._shutdown()
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._session_tasks.add(task)
+        task.add_done_callback(self._session_tasks.discard)
+
+    async def _announce_ready(self, parent_pid: int) -> None:
+        """`MAINPID` + `READY=1` once the previous main process is gone (bounded)."""
+        loop = asyncio.get_running_loop()
+        try:
+            pidfd = os.pidfd_open(parent_pid)
+        except OSError:
+            pidfd = -1
+        if pidfd >= 0:
+            gone: asyncio.Future[None] = loop.create_future()
+
+            def on_exit() -> None:
+                if not gone.done():
+                    gone.set_result(None)
+
+            loop.add_reader(pidfd, on_exit)
+            try:
+                await asyncio.wait_for(gone, timeout=PARENT_EXIT_SECONDS)
+            except TimeoutError:
+                log.warning("previous_main_still_running", pid=parent_pid)
+            finally:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+        requests.notify_safely(f"MAINPID={os.getpid()}\n{notify.READY}")
+
+    async def _check_adopted(self, adopted: list[Worker]) -> None:
+        """Ask each adopted worker for its status, then top the pool up to `worker_count`."""
+        futures = {
+            worker: worker.send(
+                WorkerRequest(id=f"UPGRADE-STATUS-{worker.id}", content=Request(status=Status()))
+            )
+            for worker in adopted
+        }
+        if futures:
+            await asyncio.wait(futures.values(), timeout=self.config.worker_timeout)
+        for worker, future in futures.items():
+            answered = (
+                future.done()
+                and not future.cancelled()
+                and future.exception() is None
+                and future.result().status == ResponseStatus.OK
+            )
+            if not future.done():
+                worker.forget(f"UPGRADE-STATUS-{worker.id}")
+            if not answered and not worker.lost:
+                log.warning("adopted_worker_not_answering", worker_id=worker.id, pid=worker.pid)
+                worker.run_state = RunState.NOT_ANSWERING
+        self._restart_workers()
+
+    async def stop_accepting(self) -> None:
+        """Accept no more clients (the new main process accepts them from now on)."""
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+            self._accept_task = None
+
+    def hand_over(self) -> None:
+        """A new main process took over: exit, leaving workers, sockets and files untouched."""
+        self.handed_over = True
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()
+            self._restart_handle = None
+        assert self._done is not None
+        self._done.set()
+
+    def upgrade_ended(self, new_main_pid: int | None) -> None:
+        """After a main upgrade: act on a stop signal received meanwhile (see `_on_signal`)."""
+        self.upgrading = False
+        self._successor_pid = new_main_pid
+        signum, self._deferred_signal = self._deferred_signal, None
+        if signum is None:
+            return
+        if new_main_pid is None:
+            self._on_signal(signum)
+        else:
+            with contextlib.suppress(OSError):
+                os.kill(new_main_pid, signum)
+
+    def counters(self) -> tuple[int, int]:
+        """(next client id, last task id): they carry over to a new main process."""
+        return self._next_client_id, self._next_task_id
+
+    def resume_counters(self, next_client_id: int, next_task_id: int) -> None:
+        self._next_client_id = next_client_id
+        self._next_task_id = next_task_id
+
     async def _wait_started(self) -> bool:
         workers = self.workers.alive()
         futures = [worker.initial_status for worker in workers if worker.initial_status]
@@ -283,7 +441,8 @@ class Supervisor:
             task.cancel()
         if self._session_tasks:
             await asyncio.wait(self._session_tasks, timeout=CLIENT_CLOSE_SECONDS)
-        await self.workers.kill_all()
+        if not self.handed_over:
+            await self.workers.kill_all()
 
     # --- signals -------------------------------------------------------------------------
 
@@ -303,6 +462,14 @@ class Supervisor:
             sozu_logging.reopen()
             workers = self.workers.reopen_logs()
             log.info("logs_reopened", signal=name, workers_signalled=workers)
+            return
+        if self.upgrading or self.handed_over:
+            # Worker channels are being handed over: the stop applies once the outcome is
+            # known, here (failure) or in the new main process (success).
+            log.info("stop_signal_deferred", signal=name)
+            self._deferred_signal = signum
+            if self._successor_pid is not None:
+                self.upgrade_ended(self._successor_pid)
             return
         hard = signum != signal.SIGTERM
         log.info("stop_signal", signal=name, hard=hard)
@@ -505,7 +672,7 @@ class Supervisor:
         self.events.publish(event, source=str(worker.id))
 
     def _worker_lost(self, worker: Worker) -> None:
-        if self.stopping or not self.started:
+        if self.stopping or not self.started or self.handed_over:
             return
         if worker.retiring:  # replaced by a worker upgrade: its exit was asked for
             log.info("worker_retired", worker_id=worker.id, pid=worker.pid)
@@ -538,7 +705,10 @@ class Supervisor:
 
     def _restart_workers(self) -> None:
         self._restart_handle = None
-        if self.stopping:
+        if self.stopping or self.handed_over:
+            return
+        if self.upgrading:  # the new main process tops the pool up if this one hands over
+            self._schedule_restart(0.5)
             return
         missing = self.config.worker_count - self.workers.count_active()
         for _ in range(missing):

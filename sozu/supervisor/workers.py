@@ -50,6 +50,8 @@ from sozu.command.proto import (
     WorkerResponse,
 )
 from sozu.command.scm import Listeners, ScmError, send_listeners
+from sozu.supervisor.processes import AdoptedProcess, ProcessHandle
+from sozu.supervisor.upgrade_record import WorkerEntry
 
 log = get_logger("sozu.supervisor.workers")
 
@@ -80,7 +82,7 @@ class Worker:
     def __init__(
         self,
         worker_id: int,
-        process: subprocess.Popen[bytes],
+        process: ProcessHandle,
         channel_sock: socket.socket,
         scm_sock: socket.socket,
         buffer_size: int,
@@ -162,6 +164,43 @@ class Worker:
         """One SCM message on the scm socket (blocking, small)."""
         send_listeners(self.scm, listeners)
 
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def channel_fd(self) -> int:
+        return self._sock.fileno()
+
+    # --- handing the channel over (main upgrade) -----------------------------------------
+
+    async def quiesce(self, timeout: float) -> bool:
+        """Stop reading the channel between two frames, so another process can go on reading it.
+
+        Whatever was already taken from the socket is dispatched first; a frame caught half-read
+        is read to its end (reading resumes briefly). False when no frame boundary came in time
+        (reading is resumed then).
+        """
+        channel = self._channel
+        if channel is None or self.lost:
+            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            channel.pause_reading()
+            for _ in range(100):  # let the reader task take what the stream already holds
+                if channel.unread() == 0:
+                    break
+                await asyncio.sleep(0)
+            if channel.buffered() == 0:
+                return True
+            channel.resume_reading()
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+
+    def resume_reading(self) -> None:
+        if self._channel is not None:
+            self._channel.resume_reading()
+
     # --- receiving -----------------------------------------------------------------------
 
     async def run_channel(
@@ -227,7 +266,7 @@ class Worker:
         """SIGKILL the process unless it was already reaped (so the pid cannot be recycled)."""
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                self.process.send_signal(signal.SIGKILL)
 
     def close_sockets(self) -> None:
         if self._channel is not None:
@@ -290,6 +329,10 @@ class WorkerPool:
             for worker in self.workers.values()
             if worker.alive and worker.run_state != RunState.STOPPING
         )
+
+    def pending_count(self) -> int:
+        """Requests written to workers and not answered yet."""
+        return sum(worker.pending_count for worker in self.workers.values() if not worker.lost)
 
     def infos(self) -> list[WorkerInfo]:
         return [worker.info() for worker in self.workers.values()]
@@ -367,6 +410,36 @@ class WorkerPool:
         self._background(self._await_initial_status(worker))
         return worker
 
+    def adopt(self, entry: WorkerEntry) -> Worker:
+        """Take over a worker a previous main process started (main upgrade); not watched yet.
+
+        Nothing is read from its channel until `watch_adopted`: the previous main process may
+        still be waiting for our confirmation, and a byte we read is a byte it cannot.
+        """
+        channel = socket.socket(fileno=entry.channel_fd)
+        scm = socket.socket(fileno=entry.scm_fd)
+        for sock in (channel, scm):
+            sock.set_inheritable(False)
+        scm.setblocking(True)
+        worker = Worker(
+            entry.id,
+            AdoptedProcess(entry.pid),
+            channel,
+            scm,
+            self._buffer_size,
+            self._max_buffer_size,
+        )
+        worker.run_state = entry.run_state
+        self.workers[entry.id] = worker
+        self.next_id = max(self.next_id, entry.id + 1)
+        log.info("worker_adopted", worker_id=entry.id, pid=entry.pid)
+        return worker
+
+    def watch_adopted(self, worker: Worker) -> None:
+        """Start watching an adopted worker's process and reading its channel."""
+        self._watch_process(worker)
+        self._background(worker.run_channel(self._on_event, self._lost))
+
     def _pin(self, worker: Worker) -> None:
         cpus = sorted(os.sched_getaffinity(0)) or list(range(psutil.cpu_count() or 1))
         core = cpus[worker.id % len(cpus)]
@@ -394,7 +467,12 @@ class WorkerPool:
         """Reap the process as soon as it exits (pidfd when the kernel has it, else polling)."""
         loop = asyncio.get_running_loop()
         try:
-            pidfd = os.pidfd_open(worker.pid)
+            if isinstance(worker.process, AdoptedProcess):
+                if worker.process.pidfd is None:
+                    raise OSError("no pidfd")
+                pidfd = os.dup(worker.process.pidfd)  # names this process, not a recycled pid
+            else:
+                pidfd = os.pidfd_open(worker.pid)
         except (AttributeError, OSError):
             self._background(self._poll_process(worker))
             return
@@ -504,5 +582,5 @@ class WorkerPool:
         for worker in self.workers.values():
             if worker.process.returncode is None:
                 worker.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
+                with contextlib.suppress(subprocess.TimeoutExpired, TimeoutError):
                     worker.process.wait(timeout=KILL_WAIT_SECONDS)

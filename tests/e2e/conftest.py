@@ -1,7 +1,11 @@
 """End-to-end fixtures: a real `sozu start` subprocess on a temporary config, driven by the CLI.
 
-Every process a test starts is stopped by pid when the test ends (supervisor first with SIGTERM,
-then whatever it left behind with SIGKILL), so a failing test leaves no worker serving.
+Every process a test starts is stopped by pid when the test ends (the current main process first
+with SIGTERM, then every main and worker pid ever seen with SIGKILL: after a main upgrade they
+are nobody's children here), so a failing test leaves no worker serving.
+
+`start(launcher=True)` starts sozu through an executable `bin/sozu` script in the work folder, so
+that a main upgrade re-executes that file: a test replaces it to simulate a broken new binary.
 """
 
 from __future__ import annotations
@@ -65,22 +69,69 @@ class Sozu:
     http_port: int
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    launcher: Path = field(init=False)
+    seen_pids: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.log_path = self.workdir / "sozu.log"
+        self.launcher = self.workdir / "bin" / "sozu"
 
-    def start(self, wait_workers: int | None = None) -> None:
+    def start(
+        self,
+        wait_workers: int | None = None,
+        *,
+        launcher: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "sozu"]
+        if launcher:
+            self.replace_launcher(LAUNCHER.format(python=sys.executable))
+            command = [str(self.launcher)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sozu", "-c", str(self.config_path), "start"],
+            [*command, "-c", str(self.config_path), "start"],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            env=None if env is None else {**os.environ, **env},
         )
         log.close()
         if wait_workers is not None:
             wait_for(lambda: self.running_workers() == wait_workers, STARTUP_SECONDS,
                      f"{wait_workers} running workers; log:\n{self.log()}")  # fmt: skip
+
+    def replace_launcher(self, script: str) -> None:
+        """Atomically install `script` as `bin/sozu` (what the next main upgrade starts)."""
+        self.launcher.parent.mkdir(exist_ok=True)
+        fresh = self.launcher.with_name("sozu.new")
+        fresh.write_text(script)
+        fresh.chmod(0o755)
+        os.replace(fresh, self.launcher)
+
+    def main_pid(self) -> int | None:
+        """The current main process: the pid file's (after upgrades), else the one we started."""
+        pid_file = self.workdir / "sozu.pid"
+        with contextlib.suppress(OSError, ValueError):
+            return int(pid_file.read_text().strip())
+        return None if self.process is None else self.process.pid
+
+    def listed_workers(self) -> dict[int, tuple[int, int]]:
+        """worker id -> (pid, run state), as the main process lists them ({} if it does not)."""
+        from sozu.command.proto import ListWorkers
+
+        try:
+            response = self.send(Request(list_workers=ListWorkers()), timeout=5)
+        except Exception:
+            return {}
+        return {info.id: (info.pid, info.run_state) for info in response.content.workers.vec}
+
+    def remember_pids(self) -> None:
+        """Note the current main and worker pids, for `stop()` to kill whatever outlives it."""
+        main = self.main_pid()
+        if main is not None:
+            self.seen_pids.add(main)
+        self.seen_pids.update(pid for pid, _state in self.listed_workers().values())
+        self.seen_pids.update(self.worker_pids())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -131,6 +182,17 @@ class Sozu:
         if self.process is None:
             return
         leftovers = self.worker_pids()
+        current = self.main_pid()
+        if current is not None and current != self.process.pid:  # upgraded: not our child
+            self.remember_pids()
+            with contextlib.suppress(psutil.Error):
+                main = psutil.Process(current)
+                main.terminate()
+                psutil.wait_procs([main], timeout=10)
+        for pid in self.seen_pids - {self.process.pid}:
+            with contextlib.suppress(psutil.Error):
+                if "sozu" in " ".join(psutil.Process(pid).cmdline()):
+                    os.kill(pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -142,6 +204,14 @@ class Sozu:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+
+LAUNCHER = """#!{python}
+import sys
+
+from sozu.cli.main import main
+
+sys.exit(main())
+"""
 
 BASE_CONFIG = """
 command_socket = "sozu.sock"

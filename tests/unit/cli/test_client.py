@@ -290,9 +290,19 @@ def test_metrics_answer_is_printed(
     assert (code, err) == (1, "error: metrics are not supported yet\n")
 
 
+def test_main_with_an_unreadable_record_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    ours, theirs = socket.socketpair()
+    with tempfile.TemporaryFile() as record, ours, theirs:
+        record.write(b"{")
+        record.flush()
+        upgrade_fd = os.dup(record.fileno())  # `sozu main` closes it once read
+        code, _, err = run(
+            capsys, "main", "--fd", str(theirs.fileno()), "--upgrade-fd", str(upgrade_fd)
+        )
+    assert code == 1 and "cannot read the upgrade record: upgrade record is not JSON" in err
+
+
 def test_not_yet_supported_words(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "main", "--fd", "3", "--upgrade-fd", "4")
-    assert code == 1 and "not supported yet" in err
     code, _, err = run(capsys, "top")
     assert code == 1 and "tui extra" in err
 
