@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from functools import partial
 
 import psutil
 
@@ -206,3 +207,38 @@ def test_systemd_follows_the_new_main_process(make_sozu: MakeSozu) -> None:
     assert said[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
     assert said[1] == f"MAINPID={new_main}"  # from the old main, before it exits
     assert said[2] == f"MAINPID={new_main}\nREADY=1"  # from the new one, once the old is gone
+
+
+def test_sozu_upgrade_replaces_every_process_under_load_twice(
+    make_sozu: MakeSozu, backends: Callable[[int], Backends]
+) -> None:
+    """`sozu upgrade` (the CLI verb): a new main, then each worker in turn; afterwards no old
+    process is left, status answers from the new main, boot_generation went up; twice."""
+    sozu = make_sozu(workers=2, extra=EXTRA, start=False)
+    sozu.start(wait_workers=2, launcher=True)
+    serve_cluster(sozu, backends(2).ports)
+    assert sozu.process is not None
+    with Load(sozu.http_port, HOST) as load:
+        load.wait_requests(100)
+        for generation in (1, 2):
+            old_main = sozu.main_pid()
+            old_workers = running_worker_pids(sozu)
+            result = sozu.cli("upgrade", timeout=120)
+            sozu.remember_pids()
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "Upgrade successful" in result.stdout
+            assert old_main is not None
+            wait_for(partial(gone, old_main), 10, "the old main to exit")
+            new_workers = running_worker_pids(sozu)
+            assert len(new_workers) == 2 and not set(new_workers.values()) & set(
+                old_workers.values()
+            ), (old_workers, new_workers)
+            for pid in old_workers.values():
+                wait_for(partial(gone, pid), 10, f"old worker {pid} to exit")
+            assert sozu.main_pid() not in (None, old_main)
+            assert sozu.cli("status").returncode == 0
+            assert audit_lines(sozu)[-1]["boot_generation"] == generation
+            load.wait_requests(100)
+    report = load.report
+    print("sozu upgrade x2:", report.summary())
+    assert report.failures == 0, report.summary()
