@@ -17,12 +17,19 @@ derives it from the cluster's `send_proxy` and the `expect_proxy` of the listene
 is on; the TCP listener's own flag is not read here):
 
 - EXPECT_HEADER: the client's first bytes must be a PROXY header (v1 or v2), complete within
-  `front_timeout`; its source address becomes the client's (access log). No header, an invalid
+  `front_timeout` (`FALLBACK_HEADER_TIMEOUT` when that is 0: the wait is always bounded); its
+  source address becomes the client's (access log). No header, an invalid
   one or none in time closes the connection, and no backend is contacted.
 - SEND_HEADER: a v2 header (source: the client's address, destination: the address it
   connected to) is written to the backend before any client byte.
 - RELAY_HEADER: the header is expected as for EXPECT_HEADER, then written to the backend as
   received, before the bytes that followed it.
+
+An exception nothing expects in a callback (either connection's data, end of stream, loss or
+write pauses, the timers, the backend connect task, the PROXY header reading) is a bug:
+`_crash` logs it once (`tcp_session_failed`) and aborts the client connection and its backend
+connection; the worker goes on. As in `sozu.worker.session`, each callback body sits in one
+`try`, free in CPython 3.11 while nothing is raised.
 
 `TcpRoutes` is the worker's table (listener address -> cluster, its proxy_protocol, listener
 timeouts) rebuilt from the ConfigState on change. One access log record is written per session
@@ -51,6 +58,7 @@ from sozu.worker.access_log import AccessLog
 from sozu.worker.backends import MAX_CONNECT_RETRIES, Backend, BackendPool
 from sozu.worker.protocol.pipe import BACK, FRONT, PipeState, Verdict
 from sozu.worker.protocol.proxy_protocol import Invalid, Parsed, build_v2, parse
+from sozu.worker.proxy_accept import header_timeout
 
 log = get_logger(__name__)
 
@@ -125,19 +133,35 @@ class _BackSide(asyncio.Protocol):
         self.session = session
 
     def data_received(self, data: bytes) -> None:
-        self.session.back_data(data)
+        try:
+            self.session.back_data(data)
+        except Exception as error:  # a bug: this session ends, the worker goes on
+            self.session._crash("backend data_received", error)
 
     def eof_received(self) -> bool | None:
-        return self.session.side_ended(BACK)
+        try:
+            return self.session.side_ended(BACK)
+        except Exception as error:
+            self.session._crash("backend eof_received", error)
+            return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.session.side_lost(BACK)
+        try:
+            self.session.side_lost(BACK)
+        except Exception as error:
+            self.session._crash("backend connection_lost", error)
 
     def pause_writing(self) -> None:
-        self.session.pause(FRONT)
+        try:
+            self.session.pause(FRONT)
+        except Exception as error:
+            self.session._crash("backend pause_writing", error)
 
     def resume_writing(self) -> None:
-        self.session.resume(FRONT)
+        try:
+            self.session.resume(FRONT)
+        except Exception as error:
+            self.session._crash("backend resume_writing", error)
 
 
 class TcpSession(asyncio.Protocol):
@@ -165,22 +189,32 @@ class TcpSession(asyncio.Protocol):
         self._client = "-"
         self._started = 0.0
         self._done = False
+        self._crashed = False
+        self._released = False
         self._early: list[bytes] = []  # client bytes received before the backend connected
         self._early_size = 0
         self._early_eof = False
         self._header: bytes | None = None  # PROXY header bytes so far, while one is expected
         self._relayed = b""  # the received header, for RELAY_HEADER
         self._peer: tuple[str, int] | None = None
+        self._counted: Backend | None = None  # the backend whose connection count we hold
 
     # --- client side -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.front = cast(asyncio.Transport, transport)
         if not self.hub.admit(self):
-            self._done = True
+            self._done = self._released = True
             self.front.close()
             self.front = None
             return
+        try:
+            self._admitted()
+        except Exception as error:  # a bug: this session ends, the worker goes on
+            self._crash("connection_made", error)
+
+    def _admitted(self) -> None:
+        assert self.front is not None
         self._started = time.monotonic()
         peer = self.front.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -189,10 +223,9 @@ class TcpSession(asyncio.Protocol):
         self.front.set_write_buffer_limits(high=self.hub.buffer_size)
         if self.view.reads_header:
             self._header = b""
-            if self.view.front_timeout > 0:
-                self._timer = asyncio.get_running_loop().call_later(
-                    self.view.front_timeout, self._finish, "no PROXY header in time"
-                )
+            self._timer = asyncio.get_running_loop().call_later(
+                header_timeout(self.view.front_timeout, 0.0), self._header_timed_out
+            )
             return
         self._start_connecting()
 
@@ -201,6 +234,13 @@ class TcpSession(asyncio.Protocol):
         self.front.pause_reading()
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
         self._connecting.add_done_callback(self._connected)
+
+    def _header_timed_out(self) -> None:
+        try:
+            self._timer = None
+            self._finish("no PROXY header in time")
+        except Exception as error:
+            self._crash("header timer", error)
 
     def _header_data(self, data: bytes) -> None:
         """Bytes while a PROXY header is expected: the header, maybe followed by stream bytes."""
@@ -229,42 +269,62 @@ class TcpSession(asyncio.Protocol):
         self._start_connecting()
 
     def _connected(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("tcp_session_crashed", error=repr(task.exception()))
-            self._finish("internal error")
+        """The connect task's end: an exception it did not expect is a bug of this session
+        (logged here, never "Task exception was never retrieved")."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._crash("connect", error)
 
     def data_received(self, data: bytes) -> None:
-        if self._header is not None:
-            self._header_data(data)
-            return
-        if self.back is None or self.pipe is None:
-            # reading is paused until the backend is connected, but an event loop may have
-            # read already: keep it, bounded by buffer_size
-            self._early.append(data)
-            self._early_size += len(data)
-            if self._early_size >= self.hub.buffer_size and self.front is not None:
-                self.front.pause_reading()
-            return
-        self.pipe.received(FRONT, len(data), time.monotonic())
-        self.back.write(data)
+        try:
+            if self._header is not None:
+                self._header_data(data)
+                return
+            if self.back is None or self.pipe is None:
+                # reading is paused until the backend is connected, but an event loop may have
+                # read already: keep it, bounded by buffer_size
+                self._early.append(data)
+                self._early_size += len(data)
+                if self._early_size >= self.hub.buffer_size and self.front is not None:
+                    self.front.pause_reading()
+                return
+            self.pipe.received(FRONT, len(data), time.monotonic())
+            self.back.write(data)
+        except Exception as error:  # a bug: this session ends, the worker goes on
+            self._crash("data_received", error)
 
     def eof_received(self) -> bool | None:
-        if self._header is not None:
-            self._finish("client closed before a PROXY header")
+        try:
+            if self._header is not None:
+                self._finish("client closed before a PROXY header")
+                return None
+            if self.pipe is None and not self._done:
+                self._early_eof = True
+                return True
+            return self.side_ended(FRONT)
+        except Exception as error:
+            self._crash("eof_received", error)
             return None
-        if self.pipe is None and not self._done:
-            self._early_eof = True
-            return True
-        return self.side_ended(FRONT)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.side_lost(FRONT)
+        try:
+            self.side_lost(FRONT)
+        except Exception as error:
+            self._crash("connection_lost", error)
 
     def pause_writing(self) -> None:
-        self.pause(BACK)
+        try:
+            self.pause(BACK)
+        except Exception as error:
+            self._crash("pause_writing", error)
 
     def resume_writing(self) -> None:
-        self.resume(BACK)
+        try:
+            self.resume(BACK)
+        except Exception as error:
+            self._crash("resume_writing", error)
 
     # --- stop orders (SessionHub) ------------------------------------------------------
 
@@ -273,7 +333,10 @@ class TcpSession(asyncio.Protocol):
         or the hub's grace period cuts it."""
 
     def abort(self) -> None:
-        self._finish("aborted")
+        try:
+            self._finish("aborted")
+        except Exception as error:  # a hard stop goes on with the other sessions
+            self._crash("abort", error)
 
     # --- backend connection --------------------------------------------------------------
 
@@ -310,11 +373,12 @@ class TcpSession(asyncio.Protocol):
             if self._done or self.front is None:
                 transport.close()
                 return
+            self.back = transport  # from now on, ending this session closes it too
             change = pool.connect_succeeded(backend, time.monotonic())
             if change is not None and change.up:
                 log.info("backend_up", cluster_id=cluster_id, backend_id=backend.backend_id)
             pool.connection_opened(backend)
-            self.backend = backend
+            self.backend = self._counted = backend
             self._piped(transport)
             return
         self._finish("no backend available" if not tried else "cannot connect to any backend")
@@ -395,14 +459,17 @@ class TcpSession(asyncio.Protocol):
         self._timer = loop.call_at(deadline - time.monotonic() + loop.time(), self._tick)
 
     def _tick(self) -> None:
-        self._timer = None
-        if self.pipe is None or self._done:
-            return
-        side = self.pipe.idle_side(time.monotonic())
-        if side is not None:
-            self._finish(f"{side} timeout")
-            return
-        self._arm()
+        try:
+            self._timer = None
+            if self.pipe is None or self._done:
+                return
+            side = self.pipe.idle_side(time.monotonic())
+            if side is not None:
+                self._finish(f"{side} timeout")
+                return
+            self._arm()
+        except Exception as error:
+            self._crash("timer", error)
 
     def _finish(self, reason: str | None) -> None:
         if self._done:
@@ -419,8 +486,9 @@ class TcpSession(asyncio.Protocol):
                     transport.abort()
                 else:
                     transport.close()
-        if self.backend is not None:
-            self.backends().connection_closed(self.backend)
+        backend, self._counted = self._counted, None
+        if backend is not None:
+            self.backends().connection_closed(backend)
         if reason is not None:
             log.debug("tcp_session_closed", address=self.view.address, reason=reason)
         if self.access_log is not None:
@@ -436,4 +504,38 @@ class TcpSession(asyncio.Protocol):
                 (time.monotonic() - self._started) * 1e6,
                 message=reason,
             )
+        self._released = True
         self.hub.release(self)
+
+    def _crash(self, where: str, error: BaseException) -> None:
+        """An exception nothing expected in a callback (a bug): logged once, then the client
+        connection and its backend connection are aborted and the session leaves the hub; the
+        worker goes on. Plain attribute work, and best effort for the pool's counts, so this
+        cannot fail the way the callback did (`_finish` may be what failed, half done)."""
+        if not self._crashed:
+            self._crashed = True
+            log.error(
+                "tcp_session_failed",
+                callback=where,
+                address=self.view.address,
+                error=repr(error),
+                exc_info=error,
+            )
+        self._done = True
+        self._header = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        task, self._connecting = self._connecting, None
+        if task is not None and not task.done():
+            task.cancel()
+        for transport in (self.front, self.back):
+            if transport is not None:
+                transport.abort()
+        backend, self._counted = self._counted, None
+        if backend is not None:
+            with contextlib.suppress(Exception):  # counts are best effort after a bug
+                self.backends().connection_closed(backend)
+        if not self._released:
+            self._released = True
+            self.hub.release(self)
