@@ -87,6 +87,7 @@ class FakeSozu:
             except TimeoutError:
                 continue
             script = self.scripts.pop(0)
+            conn.settimeout(10)  # a client slow to send its request (a busy machine) is no error
             with conn:
                 try:
                     self._read_request(conn)
