@@ -126,6 +126,9 @@ _Repeat = tuple[
 ]
 """`_remember_request`: url, headers, Host, Connection extras, plain, cookie, parser reading."""
 
+_SHARED_ROUTES_MAX = 4096
+"""Routes `SessionHub.share_route` keeps at most before starting over."""
+
 _NEVER = float("inf")
 _REQUESTS = metrics.REQUESTS
 
@@ -217,6 +220,17 @@ class SessionHub:
         self.retry_after = 60  # Retry-After of the 429 (0: no header); a cluster's own wins
         self.per_ip: dict[str, dict[bytes, int]] = {}  # cluster id -> source ip -> connections
         self.per_ip_epoch = 0  # bumped when the counts are wiped
+        self.routes: dict[tuple[str, bytes, bytes | None, bytes], _LastRoute] = {}
+
+    def share_route(self, key: tuple[str, bytes, bytes | None, bytes], route: _LastRoute) -> None:
+        """Remember a forwarded request's route for every connection of its listener: a client
+        that opens a connection per request is routed once, not once per connection. Entries
+        are checked against `Router.generation` and the cluster's view when used; the table
+        is bounded."""
+        routes = self.routes
+        if len(routes) >= _SHARED_ROUTES_MAX:
+            routes.clear()
+        routes[key] = route
 
     def set_max_per_ip(self, limit: int) -> None:
         """`SetMaxConnectionsPerIp`: 0 turns the limit off and wipes the counts (as Sōzu)."""
@@ -496,9 +510,6 @@ class HttpSession(Session):
             self._public = (listener.public_ip, listener.public_port)
         else:
             self._public = (str(public[0]).encode("ascii"), str(public[1]).encode("ascii"))
-        self._forwarding = forwarding_headers(
-            self._peer_ip, self._peer_port, self._public[0], self._public[1], listener.proto
-        )
         if listener.https and listener.strict_sni:
             ssl_object = transport.get_extra_info("ssl_object")
             self._cert_names = getattr(ssl_object, "sozu_names", None)  # None: no SNI
@@ -759,6 +770,11 @@ class HttpSession(Session):
             and routing.clusters.get(last[4]) is last[5]
         ):  # the same request as the previous one, and nothing changed since: same route
             cluster_id, cluster, route_parts, route_hsts = last[4], last[5], last[6], last[7]
+        elif (
+            shared := self._shared_route(url, method_bytes)
+        ) is not None:  # another connection of this listener sent it: same route
+            self._last_route = last = shared
+            cluster_id, cluster, route_parts, route_hsts = last[4], last[5], last[6], last[7]
         else:
             generation = Router.generation
             routed = self._route_request(method, request_id)
@@ -771,7 +787,7 @@ class HttpSession(Session):
             route_hsts = route.hsts if route is not None else None
             if answer.forward:
                 cluster = routing.clusters.get(cluster_id)
-                self._last_route = (
+                self._last_route = last = (
                     url,
                     self._authority,
                     method_bytes,
@@ -781,6 +797,8 @@ class HttpSession(Session):
                     route_parts,
                     route_hsts,
                 )
+                if self._cert_names is None:  # no per-connection SNI check in this route
+                    hub.share_route((listener.address, url, self._authority, method_bytes), last)
             else:
                 exchange.answer = answer
                 if not answer.keep_alive:
@@ -816,8 +834,9 @@ class HttpSession(Session):
                 found = sticky_cookie(headers, listener.sticky_name)
                 exchange.sticky_found = found.decode("latin-1") if found is not None else None
             if self._plain and not (sticky and self._cookie):
+                forwarding = self._forwarding or self._build_forwarding()
                 head = plain_request_head(
-                    method_bytes, url, headers, self._forwarding, self._id_line, rid
+                    method_bytes, url, headers, forwarding, self._id_line, rid
                 )
             else:
                 head = request_head(
@@ -875,6 +894,27 @@ class HttpSession(Session):
         if not answer.keep_alive:
             exchange.keep_alive = False
         log.debug("connection_limit_per_ip", cluster_id=cluster_id, limit=limit)
+
+    def _build_forwarding(self) -> bytes:
+        """This connection's forwarding headers, built for its first plain request head."""
+        self._forwarding = forwarding_headers(
+            self._peer_ip, self._peer_port, self._public[0], self._public[1], self.listener.proto
+        )
+        return self._forwarding
+
+    def _shared_route(self, url: bytes, method_bytes: bytes) -> _LastRoute | None:
+        """The route another connection of this listener found for the same target, Host and
+        method, if nothing changed since (`SessionHub.share_route`)."""
+        if self._cert_names is not None:
+            return None
+        shared = self.hub.routes.get((self.listener.address, url, self._authority, method_bytes))
+        if (
+            shared is None
+            or shared[3] != Router.generation
+            or self.hub.routing.clusters.get(shared[4]) is not shared[5]
+        ):
+            return None
+        return shared
 
     def _route_request(self, method: str, request_id: str) -> tuple[Answer, str | None, str] | None:
         """What the request head just parsed gets (`answer_request`), with its authority and
