@@ -652,6 +652,39 @@ def test_a_kept_alive_client_connection_follows_routing_changes(
     sock.close()
 
 
+def test_routes_shared_between_connections_follow_every_change(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    """A route found on one connection serves the next connections too (one request per
+    connection is routed once), until a frontend or the cluster changes."""
+    one, two = backends("one"), backends("two")
+    add_cluster(worker, "one", "app.example", [one])
+    add_cluster(worker, "two", "two.example", [two])
+    request = b"GET /same HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"
+
+    def ask_once() -> tuple[int, bytes]:
+        with connect(worker) as sock:
+            sock.sendall(request)
+            status, _, body = read_response(sock)
+        return status, body
+
+    assert ask_once() == (200, b"one") and ask_once() == (200, b"one")
+    frontend = RequestHttpFrontend(
+        cluster_id="one",
+        address=to_proto(worker.address),
+        hostname="app.example",
+        path=PathRule(kind=PathRuleKind.PREFIX, value=""),
+    )
+    assert worker.call(Request(remove_http_frontend=frontend)).status == OK
+    assert ask_once()[0] == 404
+    frontend.cluster_id = "two"
+    assert worker.call(Request(add_http_frontend=frontend)).status == OK
+    assert ask_once() == (200, b"two") and ask_once() == (200, b"two")
+    changed = Cluster(cluster_id="two", https_redirect=True)
+    assert worker.call(Request(add_cluster=changed)).status == OK
+    assert ask_once()[0] == 301
+
+
 def test_connect_failure_retries_another_backend(
     worker: Worker, backends: Callable[[str], Backend]
 ) -> None:
