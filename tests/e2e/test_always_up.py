@@ -163,3 +163,19 @@ def test_killed_main_leaves_workers_that_finish_their_exchanges_and_exit(
         SOFT_STOP_GRACE + 5,
         "the orphaned workers to exit",
     )
+
+
+def test_removing_a_backend_lets_its_requests_in_flight_finish(
+    make_sozu: MakeSozu, slow_backend: SlowBackend
+) -> None:
+    sozu = make_sozu(workers=1)
+    serve_slow(sozu, slow_backend)
+    thread, outcome = request_in_background(sozu.http_port)
+    assert slow_backend.received.wait(10)
+    ok(sozu, "backend", "remove", "--id", "slow", "--backend-id", "slow-0",
+       "--address", f"127.0.0.1:{slow_backend.port}")  # fmt: skip
+    thread.join(15)
+    assert outcome == [(200, b"slow but sure\n")]  # it was answered, not cut
+    thread, outcome = request_in_background(sozu.http_port)
+    thread.join(15)
+    assert len(outcome) == 1 and outcome[0][0] == 503  # type: ignore[index]
