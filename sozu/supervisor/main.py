@@ -25,9 +25,11 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sozu import __version__
 from sozu.command.channel import encode_message
@@ -208,23 +210,12 @@ def run(
         if report is not None:
             report("ok")
 
-    code = int(ExitCode.FAILURE)
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            code = runner.run(supervisor.run(ready))
-    except KeyboardInterrupt:
-        code = int(ExitCode.FAILURE)
-    finally:
-        if not supervisor.handed_over:
-            supervisor.workers.kill_all_now()
-        prepared.release(handed_over=supervisor.handed_over)
-        audit.close()
-        if pid_file is not None:
-            _remove_pid_file(pid_file)
+    def failed_start() -> None:
         if report is not None and not supervisor.started:
             report(f"error: {supervisor.startup_error or 'sozu stopped during start-up'}")
-        log.info("supervisor_stopped", code=code)
-    return code
+
+    serving = partial(supervisor.run, ready)
+    return _serve(supervisor, serving, prepared, audit, pid_file, failed_start)
 
 
 # --- the new main process of a main upgrade ------------------------------------------------
@@ -282,21 +273,13 @@ def run_upgraded(confirm_fd: int, upgrade_fd: int) -> int:
             confirm_sock.close()
         return True
 
-    code = int(ExitCode.FAILURE)
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            code = runner.run(supervisor.run_adopted(entries, confirm, parent_pid))
-    except KeyboardInterrupt:
-        code = int(ExitCode.FAILURE)
-    finally:
-        if not supervisor.handed_over:
-            supervisor.workers.kill_all_now()
-        prepared.release(handed_over=supervisor.handed_over)
-        audit.close()
-        if pid_file is not None:
-            _remove_pid_file(pid_file)
-        log.info("supervisor_stopped", code=code)
-    return code
+    return _serve(
+        supervisor,
+        partial(supervisor.run_adopted, entries, confirm, parent_pid),
+        prepared,
+        audit,
+        pid_file,
+    )
 
 
 def _read_record(upgrade_fd: int) -> UpgradeRecord:
@@ -412,3 +395,32 @@ def _detach(preserve: list[int]) -> tuple[int | None, Callable[[str], None]]:
 
 def _ignore(_text: str) -> None:
     return None
+
+
+def _serve(
+    supervisor: Supervisor,
+    serving: Callable[[], Coroutine[Any, Any, int]],
+    prepared: Prepared,
+    audit: AuditLog,
+    pid_file: Path | None,
+    on_exit: Callable[[], None] | None = None,
+) -> int:
+    """Run the supervisor's loop, then clean up whatever the way out: workers killed and
+    reaped (unless handed over to a new main), sockets released, audit closed, pid file gone."""
+    code = int(ExitCode.FAILURE)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(serving())
+    except KeyboardInterrupt:
+        code = int(ExitCode.FAILURE)
+    finally:
+        if not supervisor.handed_over:
+            supervisor.workers.kill_all_now()
+        prepared.release(handed_over=supervisor.handed_over)
+        audit.close()
+        if pid_file is not None:
+            _remove_pid_file(pid_file)
+        if on_exit is not None:
+            on_exit()
+        log.info("supervisor_stopped", code=code)
+    return code

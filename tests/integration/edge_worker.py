@@ -72,11 +72,17 @@ class EdgeWorker:
             sock.close()
 
 
-def spawn(tmp_path: Path, toml: Callable[[dict[str, str]], str]) -> EdgeWorker:
-    """Start a worker whose config is `toml(addresses)`; listeners "https" and "tcp" are bound."""
-    https_sock, https = bind_listener()
-    tcp_sock, tcp = bind_listener()
-    addresses = {"https": https, "tcp": tcp}
+def spawn(
+    tmp_path: Path,
+    toml: Callable[[dict[str, str]], str],
+    listeners: dict[str, str] | None = None,
+) -> EdgeWorker:
+    """Start a worker whose config is `toml(addresses)`. `listeners` maps a name to a kind
+    (`http`, `tls`, `tcp`): each is bound on a free port, named in `addresses` and sent over
+    SCM; by default "https" (tls) and "tcp"."""
+    kinds = listeners if listeners is not None else {"https": "tls", "tcp": "tcp"}
+    bound = {name: bind_listener() for name in kinds}
+    addresses = {name: address for name, (_, address) in bound.items()}
     config = parse_config(toml(addresses), tmp_path / "config.toml")
     state = ConfigState()
     for request in config.requests():
@@ -98,13 +104,20 @@ def spawn(tmp_path: Path, toml: Callable[[dict[str, str]], str]) -> EdgeWorker:
     channel_child.close()
     scm_child.close()
     channel: Channel[WorkerRequest, WorkerResponse] = Channel(channel_parent, WorkerResponse)
-    worker = EdgeWorker(process, channel, scm_parent, addresses, [https_sock, tcp_sock])
-    channel.send(config.server_config())  # type: ignore[arg-type]
-    send_listeners(scm_parent, Listeners(tls={https: https_sock}, tcp={tcp: tcp_sock}))
-    status_id = f"INITIAL-STATUS-{WORKER_ID}"
-    channel.send(WorkerRequest(id=status_id, content=Request(status=Status())))
-    answer = channel.recv(15)
-    assert (answer.id, answer.status) == (status_id, OK), answer
+    worker = EdgeWorker(process, channel, scm_parent, addresses, [s for s, _ in bound.values()])
+    try:
+        channel.send(config.server_config())  # type: ignore[arg-type]
+        by_kind: dict[str, dict[str, socket.socket]] = {"http": {}, "tls": {}, "tcp": {}}
+        for name, kind in kinds.items():
+            by_kind[kind][addresses[name]] = bound[name][0]
+        send_listeners(scm_parent, Listeners(**by_kind))
+        status_id = f"INITIAL-STATUS-{WORKER_ID}"
+        channel.send(WorkerRequest(id=status_id, content=Request(status=Status())))
+        answer = channel.recv(15)
+        assert (answer.id, answer.status) == (status_id, OK), answer
+    except BaseException:
+        worker.stop()
+        raise
     return worker
 
 

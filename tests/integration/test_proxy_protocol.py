@@ -14,19 +14,13 @@ import http.server
 import json
 import socket
 import ssl
-import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import trustme
 
 from sozu.command.addresses import to_proto
-from sozu.command.channel import Channel
-from sozu.command.config import parse_config
 from sozu.command.proto import (
     AddCertificate,
     CertificateAndKey,
@@ -34,14 +28,9 @@ from sozu.command.proto import (
     PathRuleKind,
     Request,
     RequestHttpFrontend,
-    Status,
-    WorkerRequest,
-    WorkerResponse,
 )
-from sozu.command.scm import Listeners, send_listeners
-from sozu.command.state import ConfigState
 from sozu.worker.protocol.proxy_protocol import Address, Parsed, build_v1, build_v2, parse
-from tests.integration.edge_worker import OK, WORKER_ID, EdgeWorker
+from tests.integration.edge_worker import OK, EdgeWorker, spawn
 from tests.integration.harness import bind_listener, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,43 +180,10 @@ def worker(
 ) -> Iterator[EdgeWorker]:
     """A worker with every listener of `_config`, an HTTP(S) frontend for a.example."""
     tmp_path = tmp_path_factory.mktemp("proxy_protocol")
-    bound = {name: bind_listener() for name in ("http", "https", "send", "relay", "expect")}
-    addresses = {name: address for name, (_, address) in bound.items()}
-    config = parse_config(_config(addresses, http_backend, recorder.address), tmp_path / "c.toml")
-    state = ConfigState()
-    for request in config.requests():
-        state.apply(request)
-    channel_parent, channel_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    scm_parent, scm_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    fds = (channel_child.fileno(), scm_child.fileno())
-    with tempfile.TemporaryFile() as state_file:
-        state_file.write(state.initial_state("SAVE").SerializeToString())
-        state_file.flush()
-        state_file.seek(0)
-        args = (WORKER_ID, *fds, state_file.fileno(), 1_000_000, 2_000_000)
-        code = f"from tests.integration.edge_worker import run_worker; run_worker{args!r}"
-        process = subprocess.Popen(
-            [sys.executable, "-c", code],
-            pass_fds=(*fds, state_file.fileno()),
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    channel_child.close()
-    scm_child.close()
-    channel: Channel[WorkerRequest, WorkerResponse] = Channel(channel_parent, WorkerResponse)
-    sockets = [sock for sock, _ in bound.values()]
-    edge = EdgeWorker(process, channel, scm_parent, addresses, sockets)
+    kinds = {"http": "http", "https": "tls", "send": "tcp", "relay": "tcp", "expect": "tcp"}
+    edge = spawn(tmp_path, lambda a: _config(a, http_backend, recorder.address), kinds)
+    addresses = edge.addresses
     try:
-        channel.send(config.server_config())  # type: ignore[arg-type]
-        tcp = {addresses[name]: bound[name][0] for name in ("send", "relay", "expect")}
-        http_sock, https_sock = bound["http"][0], bound["https"][0]
-        listeners = Listeners(
-            http={addresses["http"]: http_sock}, tls={addresses["https"]: https_sock}, tcp=tcp
-        )
-        send_listeners(scm_parent, listeners)
-        status_id = f"INITIAL-STATUS-{WORKER_ID}"
-        channel.send(WorkerRequest(id=status_id, content=Request(status=Status())))
-        answer = channel.recv(15)
-        assert (answer.id, answer.status) == (status_id, OK), answer
         leaf = ca.issue_cert("a.example")
         pem = leaf.cert_chain_pems[0].bytes().decode()
         cert = CertificateAndKey(certificate=pem, key=leaf.private_key_pem.bytes().decode())
