@@ -481,6 +481,10 @@ class WorkerServer:
         if not self.pool.serving(kind, address):
             if not self.pool.holds(kind, address) and not initial:
                 await self.pool.receive(kind, address, SCM_TIMEOUT)
+            if self._draining:  # stopping: the state knows it, this worker does not accept
+                self.pool.remove(kind, address)
+                self.state.apply(request.content)
+                return ok(request.id)
             try:
                 context = self.edge.ssl_context(address) if kind == ListenerType.HTTPS else None
                 header_timeout = self._proxy_header_timeout(kind, activate.address)

@@ -127,7 +127,9 @@ _Repeat = tuple[
 """`_remember_request`: url, headers, Host, Connection extras, plain, cookie, parser reading."""
 
 _SHARED_ROUTES_MAX = 4096
-"""Routes `SessionHub.share_route` keeps at most before starting over."""
+_SHARED_TARGET_MAX = 256
+"""Routes `SessionHub.share_route` keeps at most before starting over, and the longest
+request target it shares (so the table stays within a few MiB whatever clients send)."""
 
 _NEVER = float("inf")
 _REQUESTS = metrics.REQUESTS
@@ -227,6 +229,9 @@ class SessionHub:
         that opens a connection per request is routed once, not once per connection. Entries
         are checked against `Router.generation` and the cluster's view when used; the table
         is bounded."""
+        _address, url, authority, _method = key
+        if len(url) > _SHARED_TARGET_MAX or (authority is not None and len(authority) > 255):
+            return  # long targets stay per connection: the table holds short keys only
         routes = self.routes
         if len(routes) >= _SHARED_ROUTES_MAX:
             routes.clear()
@@ -531,9 +536,12 @@ class HttpSession(Session):
                     self._arm(self._pipe_timeout)
                 return
             idle = not self._in_request and current is None
-            if idle and data == self._repeat_raw:  # the previous request again, byte for byte
-                self._repeat_request(data)
-                return
+            if idle:
+                if data == self._repeat_raw:  # the previous request again, byte for byte
+                    self._repeat_request(data)
+                    return
+                self._parsed = None  # set again only if `data` holds a request head
+                self._head_bytes = 0  # stray CR/LF between requests count for nothing
             self._head_bytes += len(data)  # head and trailer bytes; `on_body` resets it
             try:
                 self.parser.feed_data(data)
@@ -570,6 +578,7 @@ class HttpSession(Session):
         parsed = self._parsed
         if (
             parsed is None
+            or not 65 <= data[0] <= 90  # starts with its method (no CR/LF ahead of it)
             or self._in_request
             or parsed[3]
             or self._framing != Framing.NONE
@@ -1367,7 +1376,7 @@ class HttpSession(Session):
         self.flush_front()
         self.hub.counters.answered(exchange.status)
         self._served += 1
-        if exchange.close_client or self.hub.draining or self._closing:
+        if exchange.close_client or self._closing:
             self._close()
             return
         self._current = None
@@ -1383,8 +1392,11 @@ class HttpSession(Session):
             return
         if self.gate.reasons & PIPELINE:
             self.gate.resume(PIPELINE)
-        if not self._in_request:
-            self._arm(self.listener.front_timeout)
+        if not self._in_request:  # its answer promised keep-alive: idle now (a drain's grace)
+            timeout = self.listener.front_timeout
+            if self.hub.draining:
+                timeout = min(timeout, DRAIN_IDLE_GRACE) if timeout else DRAIN_IDLE_GRACE
+            self._arm(timeout)
 
     def _log_access(self, exchange: Exchange) -> None:
         access_log = self.hub.access_log

@@ -652,6 +652,37 @@ def test_a_kept_alive_client_connection_follows_routing_changes(
     sock.close()
 
 
+def test_repeated_requests_are_each_forwarded_once_and_stray_blank_lines_are_nothing(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    """The same request bytes again on a keep-alive connection are served from their earlier
+    parse; CR/LF alone between requests starts no request (it must not replay the last one)."""
+    app = backends("app")
+    add_cluster(worker, "app", "app.example", [app])
+    request = b"DELETE /item/1 HTTP/1.1\r\nHost: app.example\r\n\r\n"
+    sock = connect(worker)
+    sock.sendall(request)
+    assert read_response(sock)[0] == 200
+    for _ in range(3):
+        sock.sendall(b"\r\n\r\n")
+        time.sleep(0.05)  # one chunk each
+    for _ in range(2):
+        sock.sendall(request)
+        assert read_response(sock)[0] == 200
+    sock.sendall(b"GET /last HTTP/1.1\r\nHost: app.example\r\n\r\n")
+    assert read_response(sock)[0] == 200
+    sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        sock.recv(65536)  # no answer nobody asked for
+    sock.close()
+    assert [(seen.method, seen.path) for seen in app.seen] == [
+        ("DELETE", "/item/1"),
+        ("DELETE", "/item/1"),
+        ("DELETE", "/item/1"),
+        ("GET", "/last"),
+    ]
+
+
 def test_routes_shared_between_connections_follow_every_change(
     worker: Worker, backends: Callable[[str], Backend]
 ) -> None:

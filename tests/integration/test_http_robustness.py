@@ -24,6 +24,7 @@ from sozu.command.proto import (
     PathRuleKind,
     Request,
     RequestHttpFrontend,
+    SoftStop,
 )
 from sozu.command.state import ConfigState
 from sozu.worker.backends import BackendPool
@@ -38,7 +39,7 @@ from tests.integration.test_http_proxy import (
     connect,
     read_response,
 )
-from tests.integration.test_worker import Worker, start
+from tests.integration.test_worker import OK, PROCESSING, Worker, start
 
 __all__ = ["backends", "start"]  # fixtures, re-exported for pytest
 
@@ -360,3 +361,43 @@ def test_http10_keep_alive_is_kept_when_the_answer_has_a_length(
     assert (status, headers.get("connection"), body) == (200, "close", b"ok")
     assert sock.recv(65536) == b""
     sock.close()
+
+
+def test_a_drain_gives_a_keep_alive_answer_in_progress_the_idle_grace(
+    start: Callable[..., Worker], raw_backends: Callable[[Handler], RawBackend]
+) -> None:
+    """An answer whose head promised keep-alive before the worker began to drain: its
+    connection is not closed under the client's next request, which is answered (with
+    `Connection: close`)."""
+    worker = start(extra="back_timeout = 30")
+    go_on = threading.Event()
+
+    def slow_body(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsl")
+        go_on.wait(10)
+        conn.sendall(b"ow")
+        while True:
+            _read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+
+    backend = raw_backends(slow_body)
+    add_cluster(worker, "slow", "slow.example", [backend.address])
+    with connect(worker) as client:
+        client.settimeout(10)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: slow.example\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += client.recv(65536)
+        assert b"Connection: close" not in head  # keep-alive was promised
+        stop_id = worker.send(Request(soft_stop=SoftStop()))
+        assert worker.recv(stop_id).status == PROCESSING
+        go_on.set()
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        while len(rest) < 4:
+            rest += client.recv(65536)
+        client.sendall(b"GET /again HTTP/1.1\r\nHost: slow.example\r\n\r\n")
+        last = _read_all(client)
+    assert last.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in last
+    assert worker.recv(stop_id).status == OK
+    assert worker.process.wait(10) == 0

@@ -361,6 +361,33 @@ def test_soft_stop_drains_then_exits(worker: Worker) -> None:
     assert worker.process.wait(10) == 0
 
 
+def test_a_draining_worker_does_not_start_accepting_again(worker: Worker) -> None:
+    """A listener activated while the worker soft-stops (a change made during a worker
+    upgrade reaches the old worker too) is recorded, not served by it."""
+    with socket.create_connection(("127.0.0.1", worker.port()), timeout=10) as busy:
+        busy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        wait_for(lambda: worker.counts().get("client.connections") == 1, what="busy session")
+        stop_id = worker.send(Request(soft_stop=SoftStop()))
+        assert worker.recv(stop_id).status == PROCESSING
+        listener, address = bind_listener()
+        worker.held[address] = listener
+        config = HttpListenerConfig(address=to_proto(address))
+        assert worker.call(Request(add_http_listener=config)).status == OK
+        send_listeners(worker.scm, Listeners(http={address: listener}))
+        activate = ActivateListener(
+            address=to_proto(address), proxy=ListenerType.HTTP, from_scm=True
+        )
+        assert worker.call(Request(activate_listener=activate)).status == OK
+        with socket.create_connection(("127.0.0.1", worker.port(address)), timeout=0.5) as new:
+            new.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with pytest.raises(TimeoutError):
+                new.recv(65536)  # queued in the backlog: nobody accepts it any more
+        busy.sendall(b"\r\n")
+        assert read_all(busy).startswith(b"HTTP/1.1 404 Not Found\r\n")
+        assert worker.recv(stop_id).status == OK
+    assert worker.process.wait(10) == 0
+
+
 def test_closing_the_channel_makes_the_worker_exit(worker: Worker) -> None:
     worker.channel.close()
     assert worker.process.wait(10) == 1
