@@ -8,7 +8,8 @@ relative paths keep their meaning, and the shell gets its exit status only once 
 ready or has failed); write `pid_file_path`; then run the supervisor on one asyncio loop
 (uvloop when importable) until a stop. Whatever the way out, every worker is killed and reaped,
 the listening sockets are closed and the command socket and pid files are removed, except when
-a new main process took over (main upgrade): then everything is left to it.
+a new main process took over (main upgrade): then everything is left to it. Likewise a new main
+process that never took over leaves everything to the old one.
 
 `sozu main --fd F --upgrade-fd U` (`run_upgraded`) is that new main process: it rebuilds the
 supervisor from the upgrade record instead of the configuration file (doc/upgrade.md).
@@ -32,11 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from sozu import __version__
-from sozu.command.channel import encode_message
 from sozu.command.config import Config, load_config
 from sozu.command.errors import ConfigError, ExitCode, SozuError
 from sozu.command.logging import LoggingError, get_logger, setup_logging
-from sozu.command.proto import BoolValue, RunState
 from sozu.command.state import ConfigState, StateError
 from sozu.command.state_file import LoadError, parse_records, read_state_file
 from sozu.supervisor.audit import AuditLog
@@ -44,7 +43,7 @@ from sozu.supervisor.gathering import request_name
 from sozu.supervisor.listeners import ListenerSockets
 from sozu.supervisor.requests import already_in_place, present_requests
 from sozu.supervisor.server import CommandSocket, Supervisor
-from sozu.supervisor.upgrade import executable_command
+from sozu.supervisor.upgrade import adoptable_workers, confirm_take_over, executable_command
 from sozu.supervisor.upgrade_record import UpgradeRecord, UpgradeRecordError, decode
 from sozu.supervisor.workers import WORKER_COMMAND
 
@@ -67,11 +66,12 @@ class Prepared:
             *(s.fileno() for s in self.listeners.all().all()),
         ]
 
-    def release(self, *, handed_over: bool = False) -> None:
-        """Close our sockets; remove the socket file unless a new main process serves it now."""
+    def release(self, *, keep_socket_file: bool = False) -> None:
+        """Close our sockets; remove the socket file unless another main process serves it
+        (the new one after a hand-over, the old one when we never took over)."""
         self.listeners.close_all()
         self.command_socket.close()
-        if not handed_over:
+        if not keep_socket_file:
             self.command_socket.remove()
 
 
@@ -186,7 +186,8 @@ def run(
     worker_command: tuple[str, ...] = WORKER_COMMAND,
 ) -> int:
     """Run the supervisor until it stops; always leaves no worker and no socket file behind."""
-    pid_file = _write_pid_file(config)
+    pid_file = PidFile(config)
+    pid_file.write()
     audit = AuditLog(
         text_path=config.audit_logs_target,
         json_path=config.audit_logs_json_target,
@@ -225,8 +226,9 @@ def run_upgraded(confirm_fd: int, upgrade_fd: int) -> int:
     """`sozu main --fd F --upgrade-fd U`: take over from the main process that started us.
 
     Reads the upgrade record from U, adopts the command socket, listeners and workers it names,
-    confirms with a framed `true` on F, then serves. Any failure before confirming is one line
-    on stderr and exit 1; the old main process sees it and keeps serving.
+    confirms with a framed `true` on F and waits for the old main's go-ahead byte, then writes
+    the pid file and serves. Any failure before the go-ahead is exit 1 (one line on stderr when
+    foreseen) and touches nothing we only borrowed: the old main process keeps serving.
     """
     parent_pid = os.getppid()
     try:
@@ -243,7 +245,7 @@ def run_upgraded(confirm_fd: int, upgrade_fd: int) -> int:
         return int(ExitCode.FAILURE)
     confirm_sock = socket.socket(fileno=confirm_fd)
     confirm_sock.set_inheritable(False)
-    pid_file = _write_pid_file(config)
+    pid_file = PidFile(config)
     audit = AuditLog(
         text_path=config.audit_logs_target,
         json_path=config.audit_logs_json_target,
@@ -253,24 +255,19 @@ def run_upgraded(confirm_fd: int, upgrade_fd: int) -> int:
     )
     supervisor = Supervisor(
         config, prepared.state, prepared.listeners, prepared.command_socket, audit,
-        request_counts=prepared.counts,
+        request_counts=prepared.counts, owned=False,
     )  # fmt: skip
     supervisor.executable = executable_command()
     supervisor.resume_counters(record.next_client_id, record.next_task_id)
     supervisor.workers.next_id = record.next_worker_id
-    live = (RunState.RUNNING, RunState.NOT_ANSWERING)  # Sōzu skips stopping and stopped ones
-    entries = [worker for worker in record.workers if worker.run_state in live]
+    entries = adoptable_workers(record.workers)
 
     def confirm() -> bool:
-        frame = encode_message(BoolValue(value=True), config.max_command_buffer_size)
-        try:
-            confirm_sock.setblocking(True)
-            confirm_sock.sendall(frame)
-        except OSError as error:
-            log.error("upgrade_confirmation_failed", error=str(error))
+        if not confirm_take_over(
+            confirm_sock, config.max_command_buffer_size, float(config.worker_timeout) + 1.0
+        ):
             return False
-        finally:
-            confirm_sock.close()
+        pid_file.write()
         return True
 
     return _serve(
@@ -315,22 +312,29 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 # --- pid file ------------------------------------------------------------------------------
 
 
-def _write_pid_file(config: Config) -> Path | None:
-    if not config.pid_file_path:
-        return None
-    path = Path(config.pid_file_path).absolute()
-    try:
-        path.write_text(f"{os.getpid()}\n")
-    except OSError as error:
-        log.error("pid_file_not_written", path=str(path), error=str(error))
-        return None
-    return path
+class PidFile:
+    """`pid_file_path`: written once we are the main process, removed only while it names us."""
 
+    def __init__(self, config: Config) -> None:
+        self.path = Path(config.pid_file_path).absolute() if config.pid_file_path else None
+        self.written = False
 
-def _remove_pid_file(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.read_text().strip() == str(os.getpid()):
-            path.unlink()
+    def write(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.write_text(f"{os.getpid()}\n")
+        except OSError as error:
+            log.error("pid_file_not_written", path=str(self.path), error=str(error))
+            return
+        self.written = True
+
+    def remove(self) -> None:
+        if self.path is None or not self.written:
+            return
+        with contextlib.suppress(OSError):
+            if self.path.read_text().strip() == str(os.getpid()):
+                self.path.unlink()
 
 
 # --- daemonizing ---------------------------------------------------------------------------
@@ -402,11 +406,12 @@ def _serve(
     serving: Callable[[], Coroutine[Any, Any, int]],
     prepared: Prepared,
     audit: AuditLog,
-    pid_file: Path | None,
+    pid_file: PidFile,
     on_exit: Callable[[], None] | None = None,
 ) -> int:
     """Run the supervisor's loop, then clean up whatever the way out: workers killed and
-    reaped (unless handed over to a new main), sockets released, audit closed, pid file gone."""
+    reaped, sockets released, audit closed, pid file gone; but a main process that handed over
+    to a new one, or a new one that never took over, leaves workers and files to the other."""
     code = int(ExitCode.FAILURE)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -414,12 +419,13 @@ def _serve(
     except KeyboardInterrupt:
         code = int(ExitCode.FAILURE)
     finally:
-        if not supervisor.handed_over:
+        owner = supervisor.owns_everything
+        if owner:
             supervisor.workers.kill_all_now()
-        prepared.release(handed_over=supervisor.handed_over)
+        prepared.release(keep_socket_file=not owner)
         audit.close()
-        if pid_file is not None:
-            _remove_pid_file(pid_file)
+        if owner:
+            pid_file.remove()
         if on_exit is not None:
             on_exit()
         log.info("supervisor_stopped", code=code)

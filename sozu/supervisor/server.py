@@ -199,6 +199,7 @@ class Supervisor:
         *,
         request_counts: collections.Counter[str] | None = None,
         worker_command: tuple[str, ...] = WORKER_COMMAND,
+        owned: bool = True,
     ) -> None:
         self.config = config
         self.state = state
@@ -225,6 +226,10 @@ class Supervisor:
         self.stopping = False
         self.upgrading = False  # a main upgrade is in progress: other changes wait
         self.handed_over = False  # a new main process took over: leave workers and socket be
+        # False in a new main process until the old one let it take over: until then the
+        # workers, sockets and files it holds are only borrowed, never to be killed or removed.
+        self.owned = owned
+        self.worker_upgrades = 0  # `UpgradeWorker` requests under way (a main upgrade waits)
         self.executable: tuple[str, ...] = ()  # what a main upgrade starts (set at start-up)
         self.started = False
         self.startup_error: str | None = None
@@ -286,17 +291,18 @@ class Supervisor:
         """The new main of a main upgrade: adopt the workers, confirm, then serve until a stop.
 
         Nothing is read from a shared socket (command socket, worker channels) before `confirm()`
-        succeeded: until then the previous main process may still decide to go on serving.
+        succeeded: until then the previous main process may still decide to go on serving, and
+        whatever happens here (an exception, a signal) leaves everything to it (`owned`).
         """
         loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
-        adopted = [self.workers.adopt(entry) for entry in entries]
         self.upgrading = True  # a stop signal waits until we hold everything
         self._install_signals(loop)
         try:
+            adopted = [self.workers.adopt(entry) for entry in entries]
             if not confirm():
-                self.handed_over = True  # never took over: everything stays the old main's
                 return 1
+            self.owned = True
             for worker in adopted:
                 self.workers.watch_adopted(worker)
             self.started = True
@@ -315,6 +321,11 @@ class Supervisor:
         finally:
             self._remove_signals(loop)
             await self._shutdown()
+
+    @property
+    def owns_everything(self) -> bool:
+        """True when the workers and the socket file are ours to kill and remove at exit."""
+        return self.owned and not self.handed_over
 
     def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -441,7 +452,7 @@ class Supervisor:
             task.cancel()
         if self._session_tasks:
             await asyncio.wait(self._session_tasks, timeout=CLIENT_CLOSE_SECONDS)
-        if not self.handed_over:
+        if self.owns_everything:
             await self.workers.kill_all()
 
     # --- signals -------------------------------------------------------------------------

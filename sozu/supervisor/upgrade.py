@@ -5,7 +5,10 @@ The old main stops reading its worker channels between two frames (both mains ho
 sockets: a byte it read ahead would be lost to the new one), writes the upgrade record to an
 unlinked temp file, and starts `sozu main --fd F --upgrade-fd U ...` with exactly the descriptors
 the record names. The new main confirms with a framed protobuf `true` on F once it holds
-everything. Then the old main stops accepting clients, answers OK and exits without touching the
+everything, and then waits for one go-ahead byte (`HAND_OVER_ACK`, a sozu-py addition) before it
+reads any shared socket: the old main sends it only once it decided to hand over, so a `true`
+that comes too late (the old main already gave up) never leaves two mains reading the same
+sockets. Then the old main stops accepting clients, answers OK and exits without touching the
 workers or the socket file. Anything else (the new main exits, says `false`, says nothing for
 `worker_timeout` seconds, cannot be started) kills the new main; the old one resumes and keeps
 serving, and the client is told why.
@@ -25,7 +28,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-from sozu.command.channel import decode_payload
+from sozu.command.channel import decode_payload, encode_message
 from sozu.command.framing import FrameDecoder
 from sozu.command.logging import get_logger
 from sozu.command.proto import BoolValue, Request, RunState
@@ -33,6 +36,9 @@ from sozu.supervisor import notify
 from sozu.supervisor.audit import ERROR_OTHER, RESULT_ERR, RESULT_OK
 from sozu.supervisor.audit_trail import AuditTrail
 from sozu.supervisor.upgrade_record import UpgradeRecord, WorkerEntry, encode
+
+HAND_OVER_ACK = b"\x01"
+"""What the old main sends on F once it decided to hand over (after the new main's `true`)."""
 
 if TYPE_CHECKING:
     from sozu.supervisor.server import Supervisor
@@ -66,6 +72,8 @@ def _refusal(sup: Supervisor) -> str | None:
         return "the proxy is shutting down"
     if sup.upgrading:
         return "a main upgrade is already in progress"
+    if sup.worker_upgrades > 0:  # counted from its check on, the launch of the new worker too
+        return "a worker upgrade is in progress"
     if any(w.retiring or w.run_state == RunState.STOPPING for w in sup.workers.alive()):
         return "a worker upgrade is in progress"
     return None
@@ -106,18 +114,24 @@ async def upgrade_main(sup: Supervisor, session: ClientSession, request: Request
     except BaseException:  # cancelled (the supervisor stops): never stay gated
         sup.upgrade_ended(None)
         raise
-    # The new main serves the command socket from now on: a client reconnecting after our
-    # answer must land there, so stop accepting before answering.
+    # The new main serves the command socket from now on, whatever fails below: the outcome is
+    # settled (hand over, act on a deferred stop signal) on every way out.
     sup.audit.boot_generation = generation
-    await sup.stop_accepting()
-    _notify(f"MAINPID={new_pid}")
-    trail.record(RESULT_OK, target=f"executable:{executable} boot_generation:{generation}")
-    log.info("main_upgraded", new_pid=new_pid, boot_generation=generation)
-    await session.ok(
-        f"Upgrade successful, closing main process. New main process has pid {new_pid}"
-    )
-    sup.hand_over()
-    sup.upgrade_ended(new_pid)
+    try:
+        try:
+            # A client reconnecting after our answer must land on the new main.
+            await sup.stop_accepting()
+            _notify(f"MAINPID={new_pid}")
+            trail.record(RESULT_OK, target=f"executable:{executable} boot_generation:{generation}")
+            log.info("main_upgraded", new_pid=new_pid, boot_generation=generation)
+        except Exception:
+            log.exception("main_upgrade_wrap_up_failed", new_pid=new_pid)
+        await session.ok(
+            f"Upgrade successful, closing main process. New main process has pid {new_pid}"
+        )
+    finally:
+        sup.hand_over()
+        sup.upgrade_ended(new_pid)
     return False
 
 
@@ -206,7 +220,7 @@ async def _launch_and_wait(sup: Supervisor, generation: int, timeout: float) -> 
         new_end.close()
         log.info("new_main_started", pid=child.pid, argv=" ".join(argv))
         try:
-            await _await_confirmation(sup, child, old_end, timeout)
+            await _await_confirmation(child, old_end, timeout, sup.config.max_command_buffer_size)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
@@ -220,12 +234,13 @@ async def _launch_and_wait(sup: Supervisor, generation: int, timeout: float) -> 
 
 
 async def _await_confirmation(
-    sup: Supervisor, child: subprocess.Popen[bytes], channel: socket.socket, timeout: float
+    child: subprocess.Popen[bytes], channel: socket.socket, timeout: float, max_buffer_size: int
 ) -> None:
-    """Return once the new main sent `true`; UpgradeFailed saying what happened instead."""
+    """Return once the new main sent `true` and was told to go ahead; UpgradeFailed saying what
+    happened instead (then the new main never got the go-ahead: it reads no shared socket)."""
     loop = asyncio.get_running_loop()
     channel.setblocking(False)
-    word = asyncio.ensure_future(_read_confirmation(loop, channel, sup))
+    word = asyncio.ensure_future(_read_confirmation(loop, channel, max_buffer_size))
     exited = _exit_future(loop, child)
     try:
         waiters: set[asyncio.Future[Any]] = {word, exited}
@@ -243,6 +258,16 @@ async def _await_confirmation(
                 f"new main process exited with code {child.returncode} before confirming"
             )
         if answer is True:
+            try:
+                sent = channel.send(HAND_OVER_ACK)  # one byte on an idle socket: never blocks
+            except OSError as error:
+                sent, problem = 0, str(error)
+            else:
+                problem = "short write"
+            if sent != len(HAND_OVER_ACK):
+                raise UpgradeFailed(
+                    f"cannot tell the new main process to go ahead: {problem} (killed)"
+                )
             return
         if answer is False:
             raise UpgradeFailed("the new main process answered false (killed)")
@@ -257,10 +282,10 @@ async def _await_confirmation(
 
 
 async def _read_confirmation(
-    loop: asyncio.AbstractEventLoop, channel: socket.socket, sup: Supervisor
+    loop: asyncio.AbstractEventLoop, channel: socket.socket, max_buffer_size: int
 ) -> bool | None:
     """The new main's word: True/False, None when it closed the channel first."""
-    decoder = FrameDecoder(max_buffer_size=sup.config.max_command_buffer_size)
+    decoder = FrameDecoder(max_buffer_size=max_buffer_size)
     while True:
         payload = decoder.next_payload()
         if payload is not None:
@@ -300,3 +325,44 @@ def _exit_future(
 
     future.add_done_callback(release)
     return future
+
+
+# --- the new main's side -------------------------------------------------------------------
+
+
+def confirm_take_over(channel: socket.socket, max_buffer_size: int, timeout: float) -> bool:
+    """Send `true` on F, then wait (bounded) for the old main's go-ahead; closes F.
+
+    True only once the go-ahead came: before, the old main may still give up (and kill us),
+    so nothing shared may be read. `timeout` outlasts the old main's own deadline.
+    """
+    frame = encode_message(BoolValue(value=True), max_buffer_size)
+    try:
+        channel.settimeout(timeout)
+        channel.sendall(frame)
+        answer = channel.recv(len(HAND_OVER_ACK))
+    except OSError as error:  # TimeoutError included
+        log.error("upgrade_confirmation_failed", error=str(error) or type(error).__name__)
+        return False
+    finally:
+        channel.close()
+    if answer != HAND_OVER_ACK:
+        log.error("upgrade_not_acknowledged", answer=answer.hex())
+        return False
+    return True
+
+
+def adoptable_workers(entries: list[WorkerEntry]) -> list[WorkerEntry]:
+    """The workers a new main adopts (running or not answering, as Sōzu); closes the channel
+    and scm descriptors of the others, which it would otherwise hold for its whole life."""
+    live = (RunState.RUNNING, RunState.NOT_ANSWERING)
+    adopted = []
+    for entry in entries:
+        if entry.run_state in live:
+            adopted.append(entry)
+            continue
+        log.info("worker_not_adopted", worker_id=entry.id, pid=entry.pid)
+        for fd in (entry.channel_fd, entry.scm_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return adopted

@@ -50,11 +50,31 @@ class UpgradeRefused(Exception):
 
 
 async def upgrade_worker(sup: Supervisor, session: ClientSession, request: Request) -> bool:
-    """Answer an `UpgradeWorker` request; True while the client session goes on."""
+    """Answer an `UpgradeWorker` request; True while the client session goes on.
+
+    `sup.worker_upgrades` counts it from the check on (no await in between) to the answer, so
+    that a main upgrade is refused all along, even while the new worker is being launched.
+    """
     trail = AuditTrail.of(sup, session, request)
     worker_id = request.upgrade_worker
     try:
         old = _upgradable(sup, worker_id)
+    except UpgradeRefused as refusal:
+        trail.record(RESULT_ERR, error_code=ERROR_OTHER, reason=str(refusal))
+        await session.failure(str(refusal))
+        return True
+    sup.worker_upgrades += 1
+    try:
+        return await _replace(sup, session, request, trail, old)
+    finally:
+        sup.worker_upgrades -= 1
+
+
+async def _replace(
+    sup: Supervisor, session: ClientSession, request: Request, trail: AuditTrail, old: Worker
+) -> bool:
+    worker_id = old.id
+    try:
         await session.processing(f"Launching a new worker to replace worker {worker_id}")
         new = await _launch_replacement(sup, worker_id)
     except UpgradeRefused as refusal:

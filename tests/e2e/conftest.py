@@ -82,11 +82,13 @@ class Sozu:
         *,
         launcher: bool = False,
         env: dict[str, str] | None = None,
+        launcher_script: str | None = None,
     ) -> None:
+        """`launcher_script` (with `launcher=True`): what `bin/sozu` holds instead of LAUNCHER."""
         log = self.log_path.open("ab")
         command = [sys.executable, "-m", "sozu"]
         if launcher:
-            self.replace_launcher(LAUNCHER.format(python=sys.executable))
+            self.replace_launcher(launcher_script or LAUNCHER.format(python=sys.executable))
             command = [str(self.launcher)]
         self.process = subprocess.Popen(
             [*command, "-c", str(self.config_path), "start"],

@@ -2,7 +2,8 @@
 
 Driven with a raw `UpgradeMain` request (the main part of `sozu upgrade`), under a bounded load
 of new and keep-alive connections; sozu runs through a `bin/sozu` launcher in its work folder,
-which a test replaces to simulate a broken new binary.
+which a test replaces to simulate a broken new binary, or to inject a fault into one of the two
+main processes (a launcher that monkeypatches sozu before running its command line).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from functools import partial
 
@@ -28,8 +30,78 @@ EXTRA = 'pid_file_path = "sozu.pid"\naudit_logs_json_target = "audit.json"'
 
 def upgrade_main(sozu: Sozu) -> Response:
     answer = sozu.send(Request(upgrade_main=UpgradeMain()), timeout=30)
+    if answer.status == ResponseStatus.OK and "pid_file_path" in sozu.config_path.read_text():
+        # The new main writes the pid file once told to go ahead, about when we get the answer.
+        new_pid = int(answer.message.rsplit(" ", 1)[1])
+        wait_for(lambda: sozu.main_pid() == new_pid, 10, "the new main's pid file")
     sozu.remember_pids()
     return answer
+
+
+def faulty_launcher(process: str, fault: str) -> str:
+    """A `bin/sozu` that runs `fault` (Python, at module level) first when it is started as the
+    `process` main (`start`: the first main; `main`: the new main of a main upgrade)."""
+    body = "\n".join("    " + line for line in fault.strip().splitlines())
+    return (
+        f"#!{sys.executable}\nimport sys\n\nif {process!r} in sys.argv:\n{body}\n\n"
+        "from sozu.cli.main import main\n\nsys.exit(main())\n"
+    )
+
+
+ADOPTING_THE_SECOND_WORKER_FAILS = """
+from sozu.supervisor.workers import WorkerPool
+
+adopt = WorkerPool.adopt
+adopted = []
+
+def adopt_but_the_second(self, entry):
+    adopted.append(entry.id)
+    if len(adopted) == 2:
+        raise RuntimeError("injected: adopting the second worker failed")
+    return adopt(self, entry)
+
+WorkerPool.adopt = adopt_but_the_second
+"""
+
+NEVER_CONFIRMS = """
+import time
+from sozu.supervisor.server import Supervisor
+
+async def stuck(self, entries, confirm, parent_pid):
+    time.sleep(60)
+
+Supervisor.run_adopted = stuck
+"""
+
+WORKER_LAUNCH_HELD = """
+import asyncio
+import pathlib
+from sozu.supervisor import worker_upgrade
+
+launch = worker_upgrade._launch_replacement
+
+async def held_launch(sup, worker_id):
+    pathlib.Path("launching").touch()
+    for _ in range(1000):
+        if pathlib.Path("go").exists():
+            break
+        await asyncio.sleep(0.01)
+    return await launch(sup, worker_id)
+
+worker_upgrade._launch_replacement = held_launch
+"""
+
+WRAP_UP_FAILS = """
+from sozu.supervisor.server import Supervisor
+
+stop_accepting = Supervisor.stop_accepting
+
+async def stop_accepting_then_fail(self):
+    await stop_accepting(self)
+    raise RuntimeError("injected: failure after the new main confirmed")
+
+Supervisor.stop_accepting = stop_accepting_then_fail
+"""
 
 
 def gone(pid: int) -> bool:
@@ -143,6 +215,8 @@ def test_a_failing_new_binary_leaves_the_old_main_serving(
             refused = wait_for(lambda: "a main upgrade is in progress" in sozu.cli("status").stderr,
                                5, "status refused during the upgrade")  # fmt: skip
             assert refused
+            worker_upgrade = sozu.send(Request(upgrade_worker=next(iter(workers))))
+            assert worker_upgrade.message == "a main upgrade is in progress"
             if not pending.done():
                 assert sozu.listed_workers()
             answer = pending.result(timeout=30)
@@ -242,3 +316,86 @@ def test_sozu_upgrade_replaces_every_process_under_load_twice(
     report = load.report
     print("sozu upgrade x2:", report.summary())
     assert report.failures == 0, report.summary()
+
+
+def test_a_new_main_failing_before_it_took_over_leaves_everything_to_the_old_one(
+    make_sozu: MakeSozu,
+) -> None:
+    sozu = make_sozu(workers=2, extra=EXTRA, start=False)
+    sozu.start(wait_workers=2, launcher=True)
+    assert sozu.process is not None
+    main = sozu.process.pid
+    workers = running_worker_pids(sozu)
+    good_launcher = sozu.launcher.read_text()
+    sozu.replace_launcher(faulty_launcher("main", ADOPTING_THE_SECOND_WORKER_FAILS))
+    result = sozu.cli("upgrade", timeout=60)
+    sozu.remember_pids()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "new main process exited with code 1 before confirming" in result.stderr
+    assert f"current main process (pid {main}) keeps serving" in result.stderr
+    assert "injected: adopting the second worker failed" in sozu.log()
+    # It had adopted the first worker and held the socket file: it killed and removed nothing.
+    assert sozu.socket_path.exists()
+    assert not any(gone(pid) for pid in workers.values())
+    assert running_worker_pids(sozu) == workers
+    assert sozu.main_pid() == main  # the pid file is written only by a main that took over
+    assert sozu.cli("status").returncode == 0
+
+    sozu.replace_launcher(good_launcher)
+    answer = upgrade_main(sozu)
+    assert answer.status == ResponseStatus.OK, answer.message
+    assert sozu.process.wait(timeout=10) == 0
+    assert running_worker_pids(sozu) == workers
+
+
+def test_a_new_main_killed_for_its_silence_never_owned_the_pid_file(make_sozu: MakeSozu) -> None:
+    sozu = make_sozu(workers=1, extra=EXTRA, start=False)
+    sozu.config_path.write_text(
+        sozu.config_path.read_text().replace("worker_timeout = 5", "worker_timeout = 1")
+    )
+    sozu.start(wait_workers=1, launcher=True)
+    assert sozu.process is not None
+    sozu.replace_launcher(faulty_launcher("main", NEVER_CONFIRMS))
+    answer = upgrade_main(sozu)
+    assert answer.status == ResponseStatus.FAILURE
+    assert "did not confirm within 1 s (killed)" in answer.message
+    assert sozu.main_pid() == sozu.process.pid
+    sozu.process.send_signal(signal.SIGTERM)
+    assert sozu.process.wait(timeout=20) == 0
+    assert not (sozu.workdir / "sozu.pid").exists()  # removed: it named the old main
+
+
+def test_no_main_upgrade_while_a_worker_upgrade_launches_its_new_worker(
+    make_sozu: MakeSozu,
+) -> None:
+    sozu = make_sozu(workers=1, extra=EXTRA, start=False)
+    held = faulty_launcher("start", WORKER_LAUNCH_HELD)  # the first main holds worker launches
+    sozu.start(wait_workers=1, launcher=True, launcher_script=held)
+    assert sozu.process is not None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(sozu.send, Request(upgrade_worker=0), 30)
+        wait_for((sozu.workdir / "launching").exists, 10, "the new worker's launch")
+        refused = upgrade_main(sozu)
+        assert refused.status == ResponseStatus.FAILURE
+        assert refused.message == "a worker upgrade is in progress"
+        (sozu.workdir / "go").touch()
+        upgraded = pending.result(timeout=30)
+    assert upgraded.status == ResponseStatus.OK, upgraded.message
+    assert sozu.main_pid() == sozu.process.pid
+    answer = upgrade_main(sozu)  # the worker upgrade is over: a main upgrade may run
+    assert answer.status == ResponseStatus.OK, answer.message
+
+
+def test_a_failure_after_the_new_main_confirmed_still_hands_over(make_sozu: MakeSozu) -> None:
+    sozu = make_sozu(workers=1, extra=EXTRA, start=False)
+    faulty = faulty_launcher("start", WRAP_UP_FAILS)  # the first main only
+    sozu.start(wait_workers=1, launcher=True, launcher_script=faulty)
+    assert sozu.process is not None
+    workers = running_worker_pids(sozu)
+    answer = upgrade_main(sozu)
+    assert answer.status == ResponseStatus.OK, answer.message
+    assert sozu.process.wait(timeout=10) == 0  # not left gated with `upgrading` set
+    assert "main_upgrade_wrap_up_failed" in sozu.log()
+    assert sozu.main_pid() != sozu.process.pid
+    assert running_worker_pids(sozu) == workers
+    assert sozu.cli("status").returncode == 0
