@@ -388,6 +388,11 @@ class Supervisor:
                 await self._accept_task
             self._accept_task = None
 
+    def resume_accepting(self) -> None:
+        """Accept clients again (a main upgrade failed after `stop_accepting`)."""
+        if self._accept_task is None and not self.handed_over and not self.stopping:
+            self._accept_task = asyncio.ensure_future(self._accept_loop())
+
     def hand_over(self) -> None:
         """A new main process took over: exit, leaving workers, sockets and files untouched."""
         self.handed_over = True

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from sozu.command.channel import decode_payload, encode_message
@@ -220,12 +221,15 @@ async def _launch_and_wait(sup: Supervisor, generation: int, timeout: float) -> 
         new_end.close()
         log.info("new_main_started", pid=child.pid, argv=" ".join(argv))
         try:
-            await _await_confirmation(child, old_end, timeout, sup.config.max_command_buffer_size)
+            await _await_confirmation(
+                child, old_end, timeout, sup.config.max_command_buffer_size, sup.stop_accepting
+            )
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
+            sup.resume_accepting()
             raise
         return child.pid
     finally:
@@ -234,10 +238,16 @@ async def _launch_and_wait(sup: Supervisor, generation: int, timeout: float) -> 
 
 
 async def _await_confirmation(
-    child: subprocess.Popen[bytes], channel: socket.socket, timeout: float, max_buffer_size: int
+    child: subprocess.Popen[bytes],
+    channel: socket.socket,
+    timeout: float,
+    max_buffer_size: int,
+    before_go_ahead: Callable[[], Awaitable[None]],
 ) -> None:
     """Return once the new main sent `true` and was told to go ahead; UpgradeFailed saying what
-    happened instead (then the new main never got the go-ahead: it reads no shared socket)."""
+    happened instead (then the new main never got the go-ahead: it reads no shared socket).
+    `before_go_ahead` runs just before the go-ahead (the old main stops accepting clients, so
+    no client is accepted by both mains)."""
     loop = asyncio.get_running_loop()
     channel.setblocking(False)
     word = asyncio.ensure_future(_read_confirmation(loop, channel, max_buffer_size))
@@ -258,6 +268,7 @@ async def _await_confirmation(
                 f"new main process exited with code {child.returncode} before confirming"
             )
         if answer is True:
+            await before_go_ahead()
             try:
                 sent = channel.send(HAND_OVER_ACK)  # one byte on an idle socket: never blocks
             except OSError as error:

@@ -92,15 +92,16 @@ worker_upgrade._launch_replacement = held_launch
 """
 
 WRAP_UP_FAILS = """
-from sozu.supervisor.server import Supervisor
+from sozu.supervisor import upgrade
 
-stop_accepting = Supervisor.stop_accepting
+notify = upgrade._notify
 
-async def stop_accepting_then_fail(self):
-    await stop_accepting(self)
-    raise RuntimeError("injected: failure after the new main confirmed")
+def notify_then_fail(state):
+    notify(state)
+    if state.startswith("MAINPID="):
+        raise RuntimeError("injected: failure after the new main confirmed")
 
-Supervisor.stop_accepting = stop_accepting_then_fail
+upgrade._notify = notify_then_fail
 """
 
 

@@ -35,9 +35,15 @@ def test_the_old_main_tells_a_confirmed_new_main_to_go_ahead() -> None:
         [sys.executable, "-c", NEW_MAIN, str(new_end.fileno())], pass_fds=(new_end.fileno(),)
     )
     new_end.close()
+    steps: list[str] = []
+
+    async def stop_accepting() -> None:
+        steps.append("stopped accepting")
+
     try:
-        asyncio.run(_await_confirmation(child, old_end, 10.0, MAX_BUFFER))
+        asyncio.run(_await_confirmation(child, old_end, 10.0, MAX_BUFFER, stop_accepting))
         assert child.wait(timeout=10) == 0
+        assert steps == ["stopped accepting"]  # before the go-ahead: one main accepts at a time
     finally:
         old_end.close()
         if child.poll() is None:
