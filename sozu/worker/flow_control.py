@@ -20,9 +20,12 @@ PENDING = 4
 
 
 def limit_writes(transport: asyncio.BaseTransport, buffer_size: int) -> None:
-    """High-water mark `buffer_size` (low: a quarter) on a transport's write buffer."""
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
+    """High-water mark `buffer_size` (low: a quarter) on a transport's write buffer.
+
+    Duck-typed: uvloop's transports do not inherit from asyncio's transport classes."""
+    set_limits = getattr(transport, "set_write_buffer_limits", None)
+    if set_limits is not None:
+        set_limits(high=buffer_size, low=buffer_size // 4)
 
 
 class ReadGate:
