@@ -263,9 +263,10 @@ def run_upgraded(confirm_fd: int, upgrade_fd: int) -> int:
     entries = adoptable_workers(record.workers)
 
     def confirm() -> bool:
-        if not confirm_take_over(
-            confirm_sock, config.max_command_buffer_size, float(config.worker_timeout) + 1.0
-        ):
+        # The old main gave itself worker_timeout from our start; twice that, plus a margin,
+        # means a go-ahead sent late (a stalled loop) is still heard rather than lost.
+        wait = 2.0 * float(config.worker_timeout) + 1.0
+        if not confirm_take_over(confirm_sock, config.max_command_buffer_size, wait):
             return False
         pid_file.write()
         return True

@@ -494,6 +494,10 @@ class WorkerServer:
             except ListenerError as error:
                 log.warning("listener_not_activated", address=address, reason=str(error))
                 return failure(request.id, str(error))
+            if self._draining:  # the channel closed while it was being set up: not served
+                self.pool.remove(kind, address)
+                self.state.apply(request.content)
+                return ok(request.id)
             log.info("listener_activated", kind=KIND_NAMES[kind], address=address)
         self.state.apply(request.content)
         return ok(request.id)

@@ -447,6 +447,7 @@ class HttpSession(Session):
         "_to_back",
         "_to_front",
         "_trailers",
+        "_unmetered",
         "_url",
         "_write_paused",
         "gate",
@@ -486,6 +487,7 @@ class HttpSession(Session):
         self._drop: set[bytes] | None = None
         self._plain = True
         self._public = (listener.public_ip, listener.public_port)
+        self._unmetered = False  # a request ended in this chunk: later heads are not counted
         self._parsed: _Parsed | None = None  # the parser's reading of the last request head
         self._repeat_raw: bytes | None = None  # the last one-request chunk (`_remember_request`)
         self._repeat: _Repeat | None = None
@@ -542,6 +544,7 @@ class HttpSession(Session):
                     return
                 self._parsed = None  # set again only if `data` holds a request head
                 self._head_bytes = 0  # stray CR/LF between requests count for nothing
+                self._unmetered = False
             self._head_bytes += len(data)  # head and trailer bytes; `on_body` resets it
             try:
                 self.parser.feed_data(data)
@@ -739,7 +742,9 @@ class HttpSession(Session):
         if self._closing or self._refusal is not None:
             return
         hub = self.hub
-        if self._head_bytes > hub.buffer_size and self._head_size() > hub.buffer_size:
+        if (self._head_bytes > hub.buffer_size or self._unmetered) and (
+            self._head_size() > hub.buffer_size
+        ):
             self._too_large()
             return
         parser = self.parser
@@ -974,6 +979,7 @@ class HttpSession(Session):
     def on_message_complete(self) -> None:
         self._in_request = False
         self._head_bytes = 0
+        self._unmetered = True  # a head later in this chunk is measured by `_head_size`
         exchange, self._parsing = self._parsing, None
         if self._closing or exchange is None:
             return

@@ -870,6 +870,23 @@ def test_request_head_too_large_gets_413_and_response_head_too_large_507(
     assert response.status == 507
 
 
+def test_a_pipelined_head_too_large_gets_413_too(
+    worker: Worker, backends: Callable[[str], Backend]
+) -> None:
+    """A head after another request in the same chunk is measured like any other."""
+    app = backends("app")
+    add_cluster(worker, "app", "app.example", [app])
+    small = b"GET /small HTTP/1.1\r\nHost: app.example\r\n\r\n"
+    big = b"GET /big HTTP/1.1\r\nHost: app.example\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
+    sock = connect(worker)
+    sock.sendall(small + big)
+    assert read_response(sock)[0] == 200
+    assert read_response(sock)[0] == 413
+    assert sock.recv(65536) == b""  # and the connection is closed
+    sock.close()
+    assert [seen.path for seen in app.seen] == ["/small"]
+
+
 def test_request_trailers_beyond_the_buffer_get_413(
     worker: Worker, backends: Callable[[str], Backend]
 ) -> None:
