@@ -179,3 +179,27 @@ def test_removing_a_backend_lets_its_requests_in_flight_finish(
     thread, outcome = request_in_background(sozu.http_port)
     thread.join(15)
     assert len(outcome) == 1 and outcome[0][0] == 503  # type: ignore[index]
+
+
+def test_other_clusters_and_frontends_coming_and_going_fail_no_request(
+    make_sozu: MakeSozu, backends: Callable[[int], Backends]
+) -> None:
+    sozu = make_sozu(workers=2)
+    group = backends(3)
+    serve_cluster(sozu, group.ports[:2])
+    other = f"127.0.0.1:{group.ports[2]}"
+    front = ["--address", f"127.0.0.1:{sozu.http_port}", "--hostname", "other.example"]
+    with Load(sozu.http_port, HOST) as load:
+        load.wait_requests(50)
+        for _ in range(10):
+            ok(sozu, "cluster", "add", "--id", "other", "--load-balancing-policy", "random")
+            ok(sozu, "backend", "add", "--id", "other", "--backend-id", "o-0", "--address", other)
+            ok(sozu, "frontend", "http", "add", *front, "id", "other")
+            load.wait_requests(20)
+            ok(sozu, "frontend", "http", "remove", *front, "id", "other")
+            ok(sozu, "cluster", "remove", "--id", "other")
+            load.wait_requests(20)
+    report = load.report
+    print("other clusters and frontends:", report.summary())
+    assert report.failures == 0, report.summary()
+    assert "b2" not in report.served_by  # the load never went to the other cluster
