@@ -223,6 +223,7 @@ class SessionHub:
         self.per_ip: dict[str, dict[bytes, int]] = {}  # cluster id -> source ip -> connections
         self.per_ip_epoch = 0  # bumped when the counts are wiped
         self.routes: dict[tuple[str, bytes, bytes | None, bytes], _LastRoute] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None  # the worker's, once a session opened
 
     def share_route(self, key: tuple[str, bytes, bytes | None, bytes], route: _LastRoute) -> None:
         """Remember a forwarded request's route for every connection of its listener: a client
@@ -497,7 +498,10 @@ class HttpSession(Session):
         self._ip_held: set[str] | None = None  # clusters this connection counts against
         self._ip_epoch = 0
         self._cert_names: tuple[str, ...] | None = None  # strict SNI binding: names served
-        self._loop = asyncio.get_running_loop()
+        loop = hub.loop
+        if loop is None:  # asyncio.get_running_loop() costs a getpid() system call: once only
+            loop = hub.loop = asyncio.get_running_loop()
+        self._loop = loop
         self._id_line = listener.id_header + b": "
 
     # --- connection events -------------------------------------------------------------
