@@ -517,18 +517,13 @@ class HttpSession(Session):
             self._peer_port = int(peer[1])
         listener = self.listener
         public = self.public_override
-        if public is None:
-            self._public = (listener.public_ip, listener.public_port)
-        else:
+        if public is not None:  # else the listener's, set at creation
             self._public = (str(public[0]).encode("ascii"), str(public[1]).encode("ascii"))
         if listener.https and listener.strict_sni:
             ssl_object = transport.get_extra_info("ssl_object")
             self._cert_names = getattr(ssl_object, "sozu_names", None)  # None: no SNI
         self.parser = httptools.HttpRequestParser(self)
-        timeout = self.listener.request_timeout
-        if self.hub.draining:  # accepted just before the listeners closed: a short wait only
-            timeout = min(timeout, DRAIN_IDLE_GRACE) if timeout else DRAIN_IDLE_GRACE
-        self._arm(timeout)
+        self._arm(self._idle_limit(self.listener.request_timeout))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -675,7 +670,7 @@ class HttpSession(Session):
         request already on its way is still answered rather than lost with a reset."""
         if self._in_request or self._current is not None:
             return
-        self._arm(DRAIN_IDLE_GRACE)
+        self._arm(self._idle_limit(self.listener.front_timeout))
 
     def pause_writing(self) -> None:
         try:
@@ -1403,10 +1398,7 @@ class HttpSession(Session):
         if self.gate.reasons & PIPELINE:
             self.gate.resume(PIPELINE)
         if not self._in_request:  # its answer promised keep-alive: idle now (a drain's grace)
-            timeout = self.listener.front_timeout
-            if self.hub.draining:
-                timeout = min(timeout, DRAIN_IDLE_GRACE) if timeout else DRAIN_IDLE_GRACE
-            self._arm(timeout)
+            self._arm(self._idle_limit(self.listener.front_timeout))
 
     def _log_access(self, exchange: Exchange) -> None:
         access_log = self.hub.access_log
@@ -1587,6 +1579,13 @@ class HttpSession(Session):
                 self._timer.cancel()
             self._timer = loop.call_at(deadline, self._timed_out)
             self._timer_at = deadline
+
+    def _idle_limit(self, timeout: float) -> float:
+        """`timeout` for a connection waiting for a request, cut to `DRAIN_IDLE_GRACE` while the
+        worker drains (0, no timeout, becomes the grace too)."""
+        if not self.hub.draining:
+            return timeout
+        return min(timeout, DRAIN_IDLE_GRACE) if timeout else DRAIN_IDLE_GRACE
 
     def _arm_back(self, exchange: Exchange) -> None:
         if not exchange.response_started:
